@@ -1,0 +1,1 @@
+"""ftsip.location"""
