@@ -1,0 +1,112 @@
+"""The sans-I/O SIP core: one datagram in, datagrams out through ``ctx.send``; no sockets, no clock.
+
+``App.on_datagram(data, addr, now, ctx)`` parses, answers what cannot be parsed (400/505/513 when a response can be
+built, else a counted drop) and dispatches requests and responses; ``App.on_tick(now, ctx)`` advances the worker's
+timers and does a bounded slice of background work. The runtime (threads or processes) supplies ``now`` and ``ctx``.
+"""
+import logging
+
+from ftsip.ops import log as oplog
+from ftsip.sip import SipParseError, make_response, parse, received_via, response_target
+
+log = logging.getLogger("ftsip")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+
+
+class App:
+    def __init__(self, config):
+        self.cfg = config
+        self.domains = frozenset(config.domains)
+        self.host = None
+        self.port = None
+        self.local_hosts = set(self.domains)
+
+    # ---- runtime hooks
+    def bind(self, host, port):
+        """Called once by the runtime with the address we advertise (Via, Record-Route)."""
+        self.host = host
+        self.port = port
+        self.local_hosts.add(host.lower())
+        self.local_hosts.add(f"[{host.lower()}]" if ":" in host else host.lower())
+
+    def attach(self, ctx):
+        """Called by the runtime for each worker context before it starts."""
+
+    def on_tick(self, now, ctx):
+        ctx.wheel.advance(now)
+
+    # ---- the datagram path
+    def on_datagram(self, data, addr, now, ctx):
+        try:
+            msg = parse(data)
+        except SipParseError as e:
+            self.on_parse_error(e, data, addr, ctx)
+            return
+        if msg.is_request:
+            ctx.stats.inc("rx.request." + msg.method)
+            try:
+                self.on_request(msg, addr, now, ctx)
+            except SipParseError as e:     # a header field parsed lazily by the handler was malformed
+                self.on_parse_error(SipParseError(e.reason, e.status, msg.method != "ACK", msg), data, addr, ctx)
+        else:
+            ctx.stats.inc(f"rx.response.{msg.status}")
+            try:
+                self.on_response(msg, addr, now, ctx)
+            except SipParseError as e:
+                self.on_parse_error(SipParseError(e.reason, e.status, False), data, addr, ctx)
+
+    def on_parse_error(self, err, data, addr, ctx):
+        if not data.strip(b"\r\n"):
+            ctx.stats.inc("rx.keepalive")        # CRLF keep-alive: nothing to answer
+            return
+        if err.answerable and err.message is not None:
+            ctx.stats.inc(f"rx.bad.{err.status}")
+            self.reply(err.message, err.status, addr, ctx, reason=_reason(err))
+            oplog.event(logging.INFO, "bad-request", "answered %d %s to %s:%s", err.status, err.reason, *addr[:2])
+        else:
+            ctx.stats.inc("drops.unparseable")
+            oplog.event(logging.INFO, "drop-unparseable", "dropped an unparseable datagram from %s:%s (%s)",
+                        *addr[:2], err.reason)
+
+    # ---- replies
+    def reply(self, request, status, addr, ctx, reason=None, headers=(), to_tag=None, body="", content_type=None):
+        """Answer ``request`` statelessly to where RFC 3261 §18.2.2/RFC 3581 say (received/rport)."""
+        try:
+            via = request.via
+        except SipParseError:
+            return
+        top = received_via(via, addr[0], addr[1])
+        data = make_response(request, status, reason, to_tag=to_tag, headers=headers, body=body,
+                             content_type=content_type, top_via=top.raw if top is not None else None)
+        ctx.stats.inc(f"tx.response.{status}")
+        ctx.send(data, response_target(top if top is not None else via))
+
+    def is_local(self, uri):
+        """Is this URI's host one of ours (our domains or our own address)?"""
+        host = uri.host
+        if host is None or host not in self.local_hosts:
+            return False
+        return uri.port is None or uri.port == self.port or host in self.domains
+
+    # ---- requests and responses (the registrar and the proxy extend these)
+    def on_request(self, req, addr, now, ctx):
+        method = req.method
+        if method == "ACK":
+            return
+        ruri = req.ruri
+        if method == "OPTIONS" and (ruri.user is None or req.max_forwards == 0) and self.is_local(ruri):
+            self.reply(req, 200, addr, ctx, headers=(f"Allow: {ALLOW}", "Accept: application/sdp",
+                                                     "Supported: path, outbound"))
+            return
+        self.reply(req, 501, addr, ctx)
+
+    def on_response(self, resp, addr, now, ctx):
+        ctx.stats.inc("drops.stray_response")
+
+
+def _reason(err):
+    """The reason phrase of an error response: the standard phrase plus what was wrong."""
+    from ftsip.sip import REASONS
+    base = REASONS.get(err.status, "Error")
+    return base if err.reason == base else f"{base} - {err.reason}"
