@@ -84,23 +84,27 @@ def main(argv=None):
     return args.func(args) or 0
 
 
-def wait_for_signals(on_stop, on_reload=None):
-    """Block the main thread until SIGINT/SIGTERM; SIGHUP calls ``on_reload``."""
-    stop = threading.Event()
+class Signals:
+    """SIGINT/SIGTERM set ``stop``; SIGHUP runs ``on_reload`` in a thread. Install before starting workers, so a
+    signal that arrives during start-up is not lost."""
 
-    def handle_stop(signum, frame):
-        stop.set()
+    def __init__(self):
+        self.stop = threading.Event()
+        self.on_reload = None
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGHUP, self._hup)
 
-    def handle_hup(signum, frame):
-        if on_reload is not None:
-            threading.Thread(target=on_reload, name="reload", daemon=True).start()
+    def _stop(self, signum, frame):
+        self.stop.set()
 
-    signal.signal(signal.SIGINT, handle_stop)
-    signal.signal(signal.SIGTERM, handle_stop)
-    signal.signal(signal.SIGHUP, handle_hup)
-    while not stop.wait(0.5):
-        pass
-    on_stop()
+    def _hup(self, signum, frame):
+        if self.on_reload is not None:
+            threading.Thread(target=self.on_reload, name="reload", daemon=True).start()
+
+    def wait(self):
+        while not self.stop.wait(0.5):
+            pass
 
 
 if __name__ == "__main__":

@@ -12,21 +12,20 @@ def build_app(cfg):
 
 
 def serve(cfg, args=None):
-    from ftsip.cli import wait_for_signals
+    from ftsip.cli import Signals
     from ftsip.runtime.threads import ThreadServer
+    signals = Signals()
     stats = Registry()
     app = build_app(cfg)
+    signals.on_reload = getattr(app, "reload", None)
     try:
         server = ThreadServer(app, cfg, stats).start()
     except OSError as e:
         log.error("cannot listen on %s: %s (is another server using the port? change [server] listen or "
                   "--listen)", cfg.server.listen[0], e.strerror or e)
         return 1
-
-    def stop():
-        log.info("stopping")
-        server.stop(timeout=1.0)
-        log.info("stopped")
-
-    wait_for_signals(stop, getattr(app, "reload", None))
+    signals.wait()
+    log.info("stopping")
+    server.stop(timeout=1.0)
+    log.info("stopped")
     return 0

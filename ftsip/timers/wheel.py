@@ -24,7 +24,7 @@ class TimerWheel:
         self.fired = 0
 
     def schedule(self, when, fn, arg):
-        """Call ``fn(arg, now)`` at ``when`` (or on the next advance if that is already past). Returns a handle."""
+        """Call ``fn(arg, now)`` at ``when`` (within the next tick if that is already past). Returns a handle."""
         tick = int(when / self.resolution)
         if tick < self.cursor:
             tick = self.cursor

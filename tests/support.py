@@ -1,0 +1,142 @@
+"""Test helpers: an in-memory worker context, and a real `ftsip serve` process on an ephemeral port."""
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from ftsip.ops.stats import Registry
+from ftsip.timers import TimerWheel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+class FakeCtx:
+    """A worker context that records what the core sends."""
+
+    def __init__(self, now=1000.0, wid=0, host="127.0.0.1", port=5060, registry=None):
+        self.wid = wid
+        self.host = host
+        self.port = port
+        self.sent = []
+        self.wheel = TimerWheel(now, 0.01)
+        self.stats = (registry or Registry()).new_worker(wid)
+        self.sock = None
+
+    def send(self, data, addr):
+        self.sent.append((data, addr))
+
+    def take(self):
+        out, self.sent = self.sent, []
+        return out
+
+
+def have(tool):
+    return shutil.which(tool) is not None
+
+
+class ServerProcess:
+    """`ftsip serve` in a subprocess on 127.0.0.1:<ephemeral>; ``port`` is read from its start-up log line."""
+
+    def __init__(self, *args, env=None, host="127.0.0.1", timeout=20.0, cwd=None):
+        e = dict(os.environ)
+        e.update(env or {})
+        e.setdefault("PYTHONUNBUFFERED", "1")
+        hp = f"[{host}]:0" if ":" in host else f"{host}:0"
+        listen = [] if "--listen" in args or "--config" in args else ["--listen", hp]
+        self.cmd = [PYTHON, "-m", "ftsip.cli", "serve", *listen, *args]
+        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=e,
+                                     cwd=cwd or ROOT)
+        self.lines = []
+        self.host = host
+        self.port = None
+        deadline = time.monotonic() + timeout
+        pat = re.compile(r"listening on udp (\S+):(\d+)")
+        while time.monotonic() < deadline:
+            line = self._readline(deadline - time.monotonic())
+            if line is None:
+                break
+            m = pat.search(line)
+            if m:
+                self.port = int(m.group(2))
+                return
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.lines))
+
+    def _readline(self, timeout):
+        r, _, _ = select.select([self.proc.stderr], [], [], max(0.0, timeout))
+        if not r:
+            return None
+        line = self.proc.stderr.readline().decode(errors="replace")
+        if not line:
+            return None
+        self.lines.append(line)
+        return line
+
+    @property
+    def addr(self):
+        return (self.host, self.port)
+
+    def log(self, wait=0.0):
+        """Everything the server has logged so far (reading for up to ``wait`` seconds)."""
+        deadline = time.monotonic() + wait
+        while True:
+            line = self._readline(max(0.0, deadline - time.monotonic()) if wait else 0.0)
+            if line is None:
+                break
+        return "".join(self.lines)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=5.0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def udp_exchange(addr, data, timeout=2.0, expect=1):
+    """Send one datagram from a fresh socket; return the datagrams received within ``timeout``."""
+    fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((addr[0], 0))
+    s.settimeout(timeout)
+    s.sendto(data, addr)
+    out = []
+    try:
+        while len(out) < expect:
+            out.append(s.recvfrom(65535)[0])
+    except socket.timeout:
+        pass
+    finally:
+        s.close()
+    return out
+
+
+def options(addr, uri=None, branch="z9hG4bKprobe", extra=""):
+    host, port = addr
+    host = f"[{host}]" if ":" in host else host
+    uri = uri or f"sip:{host}:{port}"
+    return (f"OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:9;branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=1\r\nTo: <{uri}>\r\n"
+            f"Call-ID: probe-{branch}\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n").encode()
