@@ -5,8 +5,12 @@ built, else a counted drop) and dispatches requests and responses; ``App.on_tick
 timers and does a bounded slice of background work. The runtime (threads or processes) supplies ``now`` and ``ctx``.
 """
 import logging
+import os
 
+from ftsip.auth import Authenticator, NonceCounter, NonceFactory, UserStore
+from ftsip.location.service import LocationService
 from ftsip.ops import log as oplog
+from ftsip.registrar.registrar import Registrar
 from ftsip.sip import SipParseError, make_response, parse, received_via, response_target
 
 log = logging.getLogger("ftsip")
@@ -14,13 +18,30 @@ log = logging.getLogger("ftsip")
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
+class WorkerState:
+    """What the core keeps per worker (``ctx.state``): only that worker writes it."""
+
+    __slots__ = ("loc",)
+
+    def __init__(self, loc):
+        self.loc = loc
+
+
 class App:
-    def __init__(self, config):
+    def __init__(self, config, users=None, location=None, secret=None, rng=None):
         self.cfg = config
         self.domains = frozenset(config.domains)
         self.host = None
         self.port = None
         self.local_hosts = set(self.domains)
+        self.users = users if users is not None else UserStore(realm=config.realm)
+        a = config.auth
+        secret = secret or (a.secret.encode() if a.secret else os.urandom(32))
+        self.nonces = NonceFactory(secret, a.nonce_lifetime)
+        self.auth = Authenticator(self.users, self.nonces, config.realm, tuple(a.algorithms), a.qop,
+                                  NonceCounter(100_000, a.nonce_lifetime) if a.nonce_count else None, a.check_uri)
+        self.location = location if location is not None else LocationService.from_config(config)
+        self.registrar = Registrar(config, self.location, self.auth, self.domains, rng)
 
     # ---- runtime hooks
     def bind(self, host, port):
@@ -30,11 +51,13 @@ class App:
         self.local_hosts.add(host.lower())
         self.local_hosts.add(f"[{host.lower()}]" if ":" in host else host.lower())
 
-    def attach(self, ctx):
+    def attach(self, ctx, now):
         """Called by the runtime for each worker context before it starts."""
+        ctx.state = WorkerState(self.location.local_state(now))
 
     def on_tick(self, now, ctx):
         ctx.wheel.advance(now)
+        self.location.tick(now, ctx.state.loc, ctx.wid)
 
     # ---- the datagram path
     def on_datagram(self, data, addr, now, ctx):
@@ -95,6 +118,10 @@ class App:
         if method == "ACK":
             return
         ruri = req.ruri
+        if method == "REGISTER" and self.is_local(ruri):
+            r = self.registrar.handle(req, addr, now, ctx.state.loc)
+            self.reply(req, r.status, addr, ctx, reason=r.reason, headers=r.headers)
+            return
         if method == "OPTIONS" and (ruri.user is None or req.max_forwards == 0) and self.is_local(ruri):
             self.reply(req, 200, addr, ctx, headers=(f"Allow: {ALLOW}", "Accept: application/sdp",
                                                      "Supported: path, outbound"))

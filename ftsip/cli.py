@@ -102,10 +102,6 @@ class Signals:
         if self.on_reload is not None:
             threading.Thread(target=self.on_reload, name="reload", daemon=True).start()
 
-    def wait(self):
-        while not self.stop.wait(0.5):
-            pass
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,6 +27,7 @@ class FakeCtx:
         self.wheel = TimerWheel(now, 0.01)
         self.stats = (registry or Registry()).new_worker(wid)
         self.sock = None
+        self.state = None
 
     def send(self, data, addr):
         self.sent.append((data, addr))
@@ -140,3 +141,55 @@ def options(addr, uri=None, branch="z9hG4bKprobe", extra=""):
     return (f"OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:9;branch={branch};rport\r\n"
             f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=1\r\nTo: <{uri}>\r\n"
             f"Call-ID: probe-{branch}\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n").encode()
+
+
+def digest_header(challenge_value, user, password, method, uri, nc=1, cnonce="c0ffee", name="Authorization",
+                  **override):
+    """An Authorization/Proxy-Authorization header line answering one challenge value (a phone's answer)."""
+    from auth.helpers import answer
+    cred = answer(challenge_value, user, password, method=method, uri=uri, nc=nc, cnonce=cnonce, **override)
+    parts = []
+    for k, v in cred.params.items():
+        parts.append(f"{k}={v}" if k in ("nc", "qop", "algorithm") else f'{k}="{v}"')
+    return f"{name}: Digest " + ", ".join(parts)
+
+
+class InMemoryUA:
+    """Builds requests as a UA would, for driving the App without a network."""
+
+    def __init__(self, user, domain="example.com", host="192.0.2.10", port=5062, password="secret"):
+        self.user = user
+        self.domain = domain
+        self.host = host
+        self.port = port
+        self.password = password
+        self.cseq = 0
+        self.call_id = f"reg-{user}@{host}"
+        self.n = 0
+
+    @property
+    def addr(self):
+        return (self.host, self.port)
+
+    def register(self, contact=None, expires=None, contact_params="", extra=(), to_user=None, cseq=None,
+                 call_id=None, auth=None):
+        self.n += 1
+        self.cseq = cseq if cseq is not None else self.cseq + 1
+        to_user = to_user or self.user
+        lines = [f"REGISTER sip:{self.domain} SIP/2.0",
+                 f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{self.user}{self.n}x;rport",
+                 "Max-Forwards: 70",
+                 f"From: <sip:{self.user}@{self.domain}>;tag=f{self.user}",
+                 f"To: <sip:{to_user}@{self.domain}>",
+                 f"Call-ID: {call_id or self.call_id}",
+                 f"CSeq: {self.cseq} REGISTER"]
+        if contact != "none":
+            c = contact or f"<sip:{self.user}@{self.host}:{self.port}>"
+            lines.append(f"Contact: {c}{contact_params}")
+        if expires is not None:
+            lines.append(f"Expires: {expires}")
+        if auth:
+            lines.append(auth)
+        lines.extend(extra)
+        lines.append("Content-Length: 0")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -1,14 +1,46 @@
-"""Assemble and run a server from a config: the app, the workers, signals."""
+"""Assemble and run a server from a config: the user store, the app, the workers, signals, reloads."""
 import logging
+import time
 
 from ftsip.app import App
+from ftsip.auth import SqliteUserLookup, UserStore, UserStoreError
 from ftsip.ops.stats import Registry
 
 log = logging.getLogger("ftsip")
 
+USER_FILE_POLL = 2.0     # seconds between checks of the user files for changes
+
+
+def load_users(cfg):
+    """The user store the config asks for. Problems in single rows are logged; an unusable file is fatal."""
+    a = cfg.auth
+    if a.store == "sqlite-query":
+        dbs = [p for p in a.users if not p.lower().endswith(".csv")]
+        if not dbs:
+            raise UserStoreError('[auth] store = "sqlite-query" needs a SQLite file in [auth] users')
+        log.info("user store: querying %s on every authentication (the paper's SQL baseline)", dbs[0])
+        return SqliteUserLookup(dbs[0], cfg.realm)
+    store = UserStore.from_files(a.users, cfg.realm) if a.users else UserStore(realm=cfg.realm)
+    for p in store.problems:
+        log.warning("user file: %s", p)
+    if a.users:
+        log.info("user store: %d users from %s (realm %s)", len(store), ", ".join(a.users), cfg.realm)
+    elif a.register or a.methods:
+        log.warning("no users loaded: every authenticated request will be refused; give --users FILE.csv "
+                    "(header username,password) or [auth] users")
+    return store
+
+
+def reload_users(store):
+    if not hasattr(store, "reload_if_changed"):
+        return
+    problems = store.reload_if_changed()
+    for p in problems:
+        log.warning("user file: %s", p)
+
 
 def build_app(cfg):
-    return App(cfg)
+    return App(cfg, users=load_users(cfg))
 
 
 def serve(cfg, args=None):
@@ -16,15 +48,23 @@ def serve(cfg, args=None):
     from ftsip.runtime.threads import ThreadServer
     signals = Signals()
     stats = Registry()
-    app = build_app(cfg)
-    signals.on_reload = getattr(app, "reload", None)
+    try:
+        app = build_app(cfg)
+    except UserStoreError as e:
+        log.error("%s", e)
+        return 2
+    signals.on_reload = lambda: reload_users(app.users)
     try:
         server = ThreadServer(app, cfg, stats).start()
     except OSError as e:
         log.error("cannot listen on %s: %s (is another server using the port? change [server] listen or "
                   "--listen)", cfg.server.listen[0], e.strerror or e)
         return 1
-    signals.wait()
+    next_poll = time.monotonic() + USER_FILE_POLL
+    while not signals.stop.wait(0.5):
+        if time.monotonic() >= next_poll:
+            next_poll = time.monotonic() + USER_FILE_POLL
+            reload_users(app.users)
     log.info("stopping")
     server.stop(timeout=1.0)
     log.info("stopped")

@@ -49,7 +49,7 @@ class ThreadServer:
         now = time.time()
         for i, sock in enumerate(self.sockets):
             ctx = worker.Context(i, sock, self.stats.new_worker(i), adv_host, adv_port, now, cfg.tick)
-            self.app.attach(ctx)
+            self.app.attach(ctx, now)
             t = threading.Thread(target=worker.run, args=(self.app, ctx, self._keep_running, cfg.tick),
                                  name=f"worker-{i}", daemon=True)
             self.threads.append(t)

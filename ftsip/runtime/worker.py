@@ -8,9 +8,10 @@ from ftsip.timers import TimerWheel
 
 class Context:
     """What the core may use from the worker that runs it: ``send(data, addr)`` on the worker's own socket, the
-    worker's timing wheel, its stats, its id and the address it advertises."""
+    worker's timing wheel, its stats, its id, the address it advertises, and ``state``: whatever the core keeps per
+worker (set by ``App.attach``)."""
 
-    __slots__ = ("wid", "sock", "wheel", "stats", "host", "port", "_sendto")
+    __slots__ = ("wid", "sock", "wheel", "stats", "host", "port", "state", "_sendto")
 
     def __init__(self, wid, sock, stats, host, port, now, resolution=0.01):
         self.wid = wid
@@ -19,6 +20,7 @@ class Context:
         self.stats = stats
         self.host = host
         self.port = port
+        self.state = None            # the core's per-worker state (App.attach sets it)
         self._sendto = sock.sendto if sock is not None else None
 
     def send(self, data, addr):

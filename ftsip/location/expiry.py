@@ -1,0 +1,77 @@
+"""Amortized expiry of registrations: a per-worker queue of (second -> AORs) and a budgeted collector.
+
+Every save files the AOR under the second its binding expires (rounded up). On every tick the worker pops a
+bounded number of due AORs and purges their expired bindings through the table's atomic ``compute``; a binding that
+was refreshed meanwhile is simply found alive (lazy cancellation: no search, no removal from the queue on refresh).
+The budget grows with the backlog, between ``budget/4`` and ``budget`` AORs a tick, so a registration storm
+(many bindings expiring in the same second) is cleared in a few hundred milliseconds without a long step.
+
+The paper's baseline, a full sweep of the whole table every N seconds, is ``LocationService.sweep``.
+Lookups never depend on either: they filter expired bindings themselves.
+"""
+
+
+class ExpiryQueue:
+    """Seconds -> list of AORs, owned by one worker (no lock)."""
+
+    __slots__ = ("buckets", "cursor", "size")
+
+    def __init__(self, now):
+        self.buckets = {}
+        self.cursor = int(now)
+        self.size = 0
+
+    def push(self, when, aor):
+        sec = int(when)
+        if sec < when:
+            sec += 1
+        if sec < self.cursor:
+            sec = self.cursor
+        b = self.buckets.get(sec)
+        if b is None:
+            self.buckets[sec] = [aor]
+        else:
+            b.append(aor)
+        self.size += 1
+
+    def backlog(self, now):
+        """How many entries are due at ``now``."""
+        n = 0
+        limit = int(now)
+        for sec in range(self.cursor, limit + 1):
+            b = self.buckets.get(sec)
+            if b:
+                n += len(b)
+        return n
+
+    def pop_due(self, now, budget):
+        """Up to ``budget`` AORs whose second has come."""
+        out = []
+        limit = int(now)
+        buckets = self.buckets
+        while self.cursor <= limit and len(out) < budget:
+            b = buckets.get(self.cursor)
+            if not b:
+                buckets.pop(self.cursor, None)
+                self.cursor += 1
+                continue
+            take = budget - len(out)
+            if len(b) <= take:
+                out.extend(b)
+                del buckets[self.cursor]
+                self.cursor += 1
+            else:
+                out.extend(b[-take:])
+                del b[-take:]
+        self.size -= len(out)
+        return out
+
+    def __len__(self):
+        return self.size
+
+
+def step_budget(backlog, budget):
+    """AORs to examine this tick: a quarter of the backlog, kept between budget/4 and budget."""
+    floor = max(1, budget // 4)
+    want = backlog // 4
+    return floor if want < floor else budget if want > budget else want

@@ -1,0 +1,155 @@
+"""The location service: AOR -> Record in a concurrent table, shared by every worker thread.
+
+Writers go through ``update`` (the table's atomic per-bucket ``compute``); readers use ``lookup`` with no lock on the
+record (records are immutable). Each worker owns a ``LocalState`` (its expiry queue and its counters, merged when
+read), so nothing here takes a global lock.
+"""
+from ftsip.location.expiry import ExpiryQueue, step_budget
+from ftsip.location.table import make_table
+
+
+class LocalState:
+    """Per-worker: the expiry queue and counters only this worker writes."""
+
+    __slots__ = ("queue", "bindings", "examined", "expired", "steps", "longest_step", "next_sweep")
+
+    def __init__(self, now):
+        self.queue = ExpiryQueue(now)
+        self.bindings = 0        # bindings added minus removed by this worker (summed over workers: the total)
+        self.examined = 0        # AORs examined by the collector
+        self.expired = 0         # bindings removed by the collector
+        self.steps = 0
+        self.longest_step = 0
+        self.next_sweep = 0.0
+
+
+class LocationService:
+    def __init__(self, table=None, gc="incremental", gc_budget=200, sweep_interval=60):
+        self.table = table if table is not None else make_table("linear")
+        self.gc = gc
+        self.gc_budget = gc_budget
+        self.sweep_interval = sweep_interval
+        self.locals = []
+        self.listeners = []      # callables (aor, record_or_None) after every change (persistence)
+
+    @classmethod
+    def from_config(cls, cfg):
+        loc = cfg.location
+        table = make_table(loc.table, loc.hash_width if loc.table == "fixed" else None)
+        return cls(table, loc.gc, loc.gc_budget, loc.sweep_interval)
+
+    def local_state(self, now):
+        st = LocalState(now)
+        st.next_sweep = now + self.sweep_interval
+        self.locals.append(st)
+        return st
+
+    # ---- reads
+    def lookup(self, aor, now):
+        """Live bindings of ``aor`` (a tuple, possibly empty)."""
+        rec = self.table.get(aor)
+        return () if rec is None else rec.live(now)
+
+    def record(self, aor):
+        return self.table.get(aor)
+
+    def __contains__(self, aor):
+        return aor in self.table
+
+    def aors(self):
+        return len(self.table)
+
+    def bindings(self):
+        return sum(st.bindings for st in self.locals)
+
+    # ---- writes
+    def update(self, aor, fn, st):
+        """Atomically replace the record of ``aor`` with ``fn(old_record_or_None)`` (None deletes). Exceptions
+        raised by ``fn`` propagate and leave the record unchanged. Every binding of the new record is filed in the
+        worker's expiry queue. Returns the new record (or None)."""
+        delta = [0]
+
+        def apply(old):
+            new = fn(old)
+            delta[0] = (0 if new is None else len(new.bindings)) - (0 if old is None else len(old.bindings))
+            return new
+
+        new = self.table.compute(aor, apply)
+        st.bindings += delta[0]
+        if new is not None and self.gc == "incremental":
+            push = st.queue.push
+            seen = set()
+            for b in new.bindings:
+                if b.expires_at not in seen:
+                    seen.add(b.expires_at)
+                    push(b.expires_at, aor)
+        for listener in self.listeners:
+            listener(aor, new)
+        return new
+
+    def purge(self, aor, now, st):
+        """Remove the expired bindings of one AOR; returns how many went."""
+        removed = [0]
+
+        def apply(old):
+            if old is None:
+                return None
+            new = old.purged(now)
+            if new is not old:
+                removed[0] = len(old.bindings) - (0 if new is None else len(new.bindings))
+            return new
+
+        new = self.table.compute(aor, apply)
+        n = removed[0]
+        if n:
+            st.bindings -= n
+            st.expired += n
+            for listener in self.listeners:
+                listener(aor, new)
+        return n
+
+    # ---- expiry
+    def collect(self, now, st):
+        """One bounded step of the incremental collector for this worker (call every tick). Returns AORs
+        examined."""
+        q = st.queue
+        if not q.size:
+            return 0
+        backlog = q.backlog(now)
+        if not backlog:
+            return 0
+        keys = q.pop_due(now, step_budget(backlog, self.gc_budget))
+        for aor in keys:
+            self.purge(aor, now, st)
+        st.examined += len(keys)
+        st.steps += 1
+        return len(keys)
+
+    def sweep(self, now, st):
+        """The paper's baseline: examine every AOR in the table at once. Returns bindings removed."""
+        removed = 0
+        for aor, rec in list(self.table.items()):
+            if rec.purged(now) is not rec:
+                removed += self.purge(aor, now, st)
+        st.steps += 1
+        return removed
+
+    def tick(self, now, st, wid):
+        """The runtime's periodic call: incremental collection, or a full sweep every ``sweep_interval`` seconds
+        by worker 0 when the baseline is configured. Returns the work done (AORs examined or bindings removed)."""
+        if self.gc == "incremental":
+            return self.collect(now, st)
+        if wid == 0 and now >= st.next_sweep:
+            st.next_sweep = now + self.sweep_interval
+            return self.sweep(now, st)
+        return 0
+
+    def stats(self):
+        return {
+            "aors": self.aors(),
+            "bindings": self.bindings(),
+            "gc_examined": sum(st.examined for st in self.locals),
+            "gc_expired": sum(st.expired for st in self.locals),
+            "gc_backlog": sum(st.queue.size for st in self.locals),
+            "table": self.table.stats(),
+        }
