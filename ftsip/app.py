@@ -10,8 +10,10 @@ import os
 from ftsip.auth import Authenticator, NonceCounter, NonceFactory, UserStore
 from ftsip.location.service import LocationService
 from ftsip.ops import log as oplog
+from ftsip.proxy.proxy import Proxy
 from ftsip.registrar.registrar import Registrar
-from ftsip.sip import SipParseError, make_response, parse, received_via, response_target
+from ftsip.sip import SipParseError, backend, make_response, parse, received_via, response_target, unescape
+from ftsip.transaction import TERMINATED, TimerConfig, TransactionTable
 
 log = logging.getLogger("ftsip")
 
@@ -21,14 +23,15 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSC
 class WorkerState:
     """What the core keeps per worker (``ctx.state``): only that worker writes it."""
 
-    __slots__ = ("loc",)
+    __slots__ = ("loc", "seq")
 
     def __init__(self, loc):
         self.loc = loc
+        self.seq = 0          # branch counter
 
 
 class App:
-    def __init__(self, config, users=None, location=None, secret=None, rng=None):
+    def __init__(self, config, users=None, location=None, secret=None, rng=None, resolver=None):
         self.cfg = config
         self.domains = frozenset(config.domains)
         self.host = None
@@ -42,6 +45,16 @@ class App:
                                   NonceCounter(100_000, a.nonce_lifetime) if a.nonce_count else None, a.check_uri)
         self.location = location if location is not None else LocationService.from_config(config)
         self.registrar = Registrar(config, self.location, self.auth, self.domains, rng)
+        self.txns = TransactionTable()
+        self.timers = TimerConfig.from_config(config)
+        self.proxy = Proxy(self, resolver)
+        self.instance = os.urandom(2).hex()     # keeps branches unique across restarts
+        self.parse_uri = backend.DEFAULT.parse_uri
+
+    @staticmethod
+    def user_of(uri):
+        """The user name of a URI as the user store knows it (unescaped), or None."""
+        return None if uri.user is None else unescape(uri.user)
 
     # ---- runtime hooks
     def bind(self, host, port):
@@ -106,30 +119,47 @@ class App:
         ctx.send(data, response_target(top if top is not None else via))
 
     def is_local(self, uri):
-        """Is this URI's host one of ours (our domains or our own address)?"""
+        """Is this URI in one of our domains (or addressed to our own address)? A port, when given, must be
+        ours."""
         host = uri.host
-        if host is None or host not in self.local_hosts:
-            return False
-        return uri.port is None or uri.port == self.port or host in self.domains
+        if host in self.domains:
+            return uri.port is None or uri.port == self.port
+        if host in self.local_hosts:
+            return (uri.port or 5060) == self.port
+        return False
 
     # ---- requests and responses (the registrar and the proxy extend these)
     def on_request(self, req, addr, now, ctx):
+        st = self.txns.match_request(req)
+        if st is not None:                     # a retransmission, or the ACK of a non-2xx final response
+            with st.lock:
+                if st.state is not TERMINATED:
+                    st.on_request(req, now, ctx)
+                    ctx.stats.inc("rx.absorbed")
+                    return
         method = req.method
-        if method == "ACK":
-            return
         ruri = req.ruri
-        if method == "REGISTER" and self.is_local(ruri):
+        if method == "REGISTER" and self.is_local(ruri) and not req.routes:
             r = self.registrar.handle(req, addr, now, ctx.state.loc)
             self.reply(req, r.status, addr, ctx, reason=r.reason, headers=r.headers)
             return
-        if method == "OPTIONS" and (ruri.user is None or req.max_forwards == 0) and self.is_local(ruri):
+        if method == "OPTIONS" and (req.max_forwards == 0 or ruri.user is None and self.is_local(ruri)) \
+                and not req.routes:
             self.reply(req, 200, addr, ctx, headers=(f"Allow: {ALLOW}", "Accept: application/sdp",
-                                                     "Supported: path, outbound"))
+                                                     "Supported: path"))
             return
-        self.reply(req, 501, addr, ctx)
+        self.proxy.on_request(req, addr, now, ctx)
 
     def on_response(self, resp, addr, now, ctx):
-        ctx.stats.inc("drops.stray_response")
+        ct = self.txns.match_response(resp)
+        if ct is None:
+            self.proxy.stray_response(resp, addr, now, ctx)
+            return
+        with ct.lock:
+            if ct.state is TERMINATED:
+                ctx.stats.inc("drops.late_response")
+            elif ct.on_response(resp, now, ctx):
+                ct.tu.on_response(ct, resp, now, ctx)
 
 
 def _reason(err):

@@ -1,12 +1,12 @@
 """Test helpers: an in-memory worker context, and a real `ftsip serve` process on an ephemeral port."""
 import os
 import re
-import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from ftsip.ops.stats import Registry
@@ -44,53 +44,59 @@ def have(tool):
 class ServerProcess:
     """`ftsip serve` in a subprocess on 127.0.0.1:<ephemeral>; ``port`` is read from its start-up log line."""
 
-    def __init__(self, *args, env=None, host="127.0.0.1", timeout=20.0, cwd=None):
+    def __init__(self, *args, env=None, host="127.0.0.1", timeout=20.0, cwd=None, python=None):
         e = dict(os.environ)
         e.update(env or {})
         e.setdefault("PYTHONUNBUFFERED", "1")
         hp = f"[{host}]:0" if ":" in host else f"{host}:0"
         listen = [] if "--listen" in args or "--config" in args else ["--listen", hp]
-        self.cmd = [PYTHON, "-m", "ftsip.cli", "serve", *listen, *args]
+        self.cmd = [python or PYTHON, "-m", "ftsip.cli", "serve", *listen, *args]
         self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=e,
                                      cwd=cwd or ROOT)
         self.lines = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         self.host = host
         self.port = None
-        deadline = time.monotonic() + timeout
         pat = re.compile(r"listening on udp (\S+):(\d+)")
-        while time.monotonic() < deadline:
-            line = self._readline(deadline - time.monotonic())
-            if line is None:
-                break
-            m = pat.search(line)
-            if m:
-                self.port = int(m.group(2))
-                return
-        self.stop()
-        raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        if not self.wait_for(pat, timeout):
+            self.stop()
+            raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        self.port = int(pat.search(self.log()).group(2))
 
-    def _readline(self, timeout):
-        r, _, _ = select.select([self.proc.stderr], [], [], max(0.0, timeout))
-        if not r:
-            return None
-        line = self.proc.stderr.readline().decode(errors="replace")
-        if not line:
-            return None
-        self.lines.append(line)
-        return line
+    def _read(self):
+        for raw in self.proc.stderr:
+            with self._cond:
+                self.lines.append(raw.decode(errors="replace"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, pattern, timeout=10.0):
+        """Wait until the log matches ``pattern`` (a regex or compiled pattern); returns the match or None."""
+        pat = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                m = pat.search("".join(self.lines))
+                if m:
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    return None
+                self._cond.wait(min(left, 0.2))
 
     @property
     def addr(self):
         return (self.host, self.port)
 
     def log(self, wait=0.0):
-        """Everything the server has logged so far (reading for up to ``wait`` seconds)."""
-        deadline = time.monotonic() + wait
-        while True:
-            line = self._readline(max(0.0, deadline - time.monotonic()) if wait else 0.0)
-            if line is None:
-                break
-        return "".join(self.lines)
+        """Everything the server has logged so far (after waiting ``wait`` seconds)."""
+        if wait:
+            time.sleep(wait)
+        with self._cond:
+            return "".join(self.lines)
 
     def alive(self):
         return self.proc.poll() is None
@@ -106,7 +112,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log()
+        self._reader.join(2.0)
         return self.proc.returncode
 
     def __enter__(self):
@@ -193,3 +199,33 @@ class InMemoryUA:
         lines.extend(extra)
         lines.append("Content-Length: 0")
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def register_contact(server, user, password, domain, contact, expires=600, call_id=None, timeout=3.0):
+    """REGISTER ``contact`` for user@domain over UDP, answering the 401 like a phone. Returns the final status."""
+    from ftsip.sip import parse
+    fam = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((server[0], 0))
+    s.settimeout(timeout)
+    port = s.getsockname()[1]
+    call_id = call_id or f"reg-{user}-{port}"
+    try:
+        auth = None
+        for cseq in (1, 2):
+            lines = [f"REGISTER sip:{domain} SIP/2.0",
+                     f"Via: SIP/2.0/UDP {server[0]}:{port};branch=z9hG4bKreg{port}{cseq};rport",
+                     "Max-Forwards: 70", f"From: <sip:{user}@{domain}>;tag=r{port}", f"To: <sip:{user}@{domain}>",
+                     f"Call-ID: {call_id}", f"CSeq: {cseq} REGISTER", f"Contact: {contact}",
+                     f"Expires: {expires}"]
+            if auth:
+                lines.append(auth)
+            s.sendto(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode(), server)
+            r = parse(s.recvfrom(65535)[0])
+            if r.status != 401:
+                return r.status
+            ch = [v for v in r.get_all("www-authenticate") if "MD5" in v][0]
+            auth = digest_header(ch, user, password, "REGISTER", f"sip:{domain}")
+        return r.status
+    finally:
+        s.close()

@@ -22,7 +22,7 @@ def test_options_to_us_gets_200_with_allow():
     assert r.via.received == "127.0.0.1" and r.via.rport == "40000"
 
 
-def test_other_request_gets_501_and_ack_nothing():
+def test_unknown_request_to_the_server_gets_501_and_ack_nothing():
     a, ctx = app(), FakeCtx()
     data = options(("127.0.0.1", 5060)).replace(b"OPTIONS", b"SUBSCRIBE")
     a.on_datagram(data, ("127.0.0.1", 40000), 1000.0, ctx)

@@ -122,11 +122,11 @@ class Edit:
     """Deltas against a received message; ``to_bytes()`` builds the outgoing datagram.
 
     Requests a proxy forwards: ``set_uri``, ``push_via``, ``add_record_route``, ``pop_route``,
-    ``set_max_forwards``, ``set_top_via`` (received/rport). Responses it relays: ``pop_via``. Any header:
+    ``set_max_forwards``, ``set_top_via`` (received/rport), ``push_routes``. Responses it relays: ``pop_via``. Any header:
     ``remove``, ``replace``, ``add``; the body: ``set_body``.
     """
 
-    __slots__ = ("msg", "uri", "vias", "pop_vias", "top_via", "rrs", "pop_routes", "max_forwards",
+    __slots__ = ("msg", "uri", "vias", "pop_vias", "top_via", "rrs", "routes", "pop_routes", "max_forwards",
                  "removes", "replaces", "adds", "body", "content_type")
 
     def __init__(self, msg):
@@ -136,6 +136,7 @@ class Edit:
         self.pop_vias = 0
         self.top_via = None
         self.rrs = []
+        self.routes = ()
         self.pop_routes = 0
         self.max_forwards = None
         self.removes = ()
@@ -163,6 +164,11 @@ class Edit:
 
     def add_record_route(self, value):
         self.rrs.insert(0, str(value))
+        return self
+
+    def push_routes(self, values):
+        """Put Route values before the existing ones (e.g. a registered Path, RFC 3327)."""
+        self.routes = tuple(values) + tuple(self.routes)
         return self
 
     def pop_route(self):
@@ -204,6 +210,7 @@ class Edit:
         pop_vias = self.pop_vias
         top_via = self.top_via
         pop_routes = self.pop_routes
+        routes = self.routes
         rrs = self.rrs
         mf = self.max_forwards
         removes = self.removes
@@ -223,6 +230,10 @@ class Edit:
                 if parts:
                     lines.append(h[1] + ": " + ", ".join(parts))
                 continue
+            if key == "route" and routes:
+                for r in routes:
+                    lines.append("Route: " + r)
+                routes = ()
             if key == "route" and pop_routes:
                 parts = split(h[2])
                 k = min(pop_routes, len(parts))
@@ -252,6 +263,8 @@ class Edit:
             if key == "content-type" and self.content_type is not None:
                 continue
             lines.append(h[3])
+        for r in routes:
+            lines.append("Route: " + r)
         for rr in rrs:
             lines.append("Record-Route: " + rr)
         if mf is not None:
