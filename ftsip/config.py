@@ -176,6 +176,12 @@ SCHEMA = {
         "timer_c": Key(float, 180.0, "seconds, > 180 per RFC 3261 (INVITE branch timeout)",
                        lambda v: v >= 1, reload=True),
     },
+    "persistence": {
+        "path": Key(str, "", 'a SQLite file for registrations, e.g. "/var/lib/ftsip/registrations.db" ("" : off)'),
+        "flush_interval": Key(float, 0.2, "seconds between write-behind flushes, > 0 (at most this much is lost "
+                              "on kill -9)", _positive),
+        "max_pending": Key(int, 100000, "changed AORs that start a flush early, > 0", _positive),
+    },
     "transaction": {
         "t1": Key(float, 0.5, "seconds, > 0", _positive),
         "t2": Key(float, 4.0, "seconds, > 0", _positive),

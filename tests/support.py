@@ -201,8 +201,10 @@ class InMemoryUA:
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def register_contact(server, user, password, domain, contact, expires=600, call_id=None, timeout=3.0):
-    """REGISTER ``contact`` for user@domain over UDP, answering the 401 like a phone. Returns the final status."""
+def register_contact(server, user, password, domain, contact, expires=600, call_id=None, timeout=3.0,
+                     full=False):
+    """REGISTER ``contact`` for user@domain over UDP (no Contact at all when ``contact`` is None: a fetch),
+    answering the 401 like a phone. Returns the final status (the final response when ``full``)."""
     from ftsip.sip import parse
     fam = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_DGRAM)
@@ -216,16 +218,97 @@ def register_contact(server, user, password, domain, contact, expires=600, call_
             lines = [f"REGISTER sip:{domain} SIP/2.0",
                      f"Via: SIP/2.0/UDP {server[0]}:{port};branch=z9hG4bKreg{port}{cseq};rport",
                      "Max-Forwards: 70", f"From: <sip:{user}@{domain}>;tag=r{port}", f"To: <sip:{user}@{domain}>",
-                     f"Call-ID: {call_id}", f"CSeq: {cseq} REGISTER", f"Contact: {contact}",
-                     f"Expires: {expires}"]
+                     f"Call-ID: {call_id}", f"CSeq: {cseq} REGISTER"]
+            if contact is not None:
+                lines += [f"Contact: {contact}", f"Expires: {expires}"]
             if auth:
                 lines.append(auth)
             s.sendto(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode(), server)
             r = parse(s.recvfrom(65535)[0])
             if r.status != 401:
-                return r.status
+                return r if full else r.status
             ch = [v for v in r.get_all("www-authenticate") if "MD5" in v][0]
             auth = digest_header(ch, user, password, "REGISTER", f"sip:{domain}")
-        return r.status
+        return r if full else r.status
     finally:
         s.close()
+
+
+def fetch_contacts(server, user, password, domain):
+    """The contacts the registrar holds for user@domain ({uri: expires}), asked over SIP (REGISTER without
+    Contact)."""
+    r = register_contact(server, user, password, domain, None, full=True)
+    assert r.status == 200, r.status
+    return {c.uri.raw: c.expires for c in r.contacts}
+
+
+def write_users(path, n, prefix="user", password="pw"):
+    """A user file for `ftsip serve --users`: user0000..,pw0000.."""
+    with open(path, "w") as f:
+        f.write("username,password\n")
+        for i in range(n):
+            f.write(f"{prefix}{i:04d},{password}{i:04d}\n")
+    return path
+
+
+def sipp(scenario, target, *args, timeout=120, cwd=None, inf=None):
+    """Run SIPp (client mode) with a scenario from perf/scenarios; returns (returncode, stdout+stderr)."""
+    cmd = ["sipp", "-sf", os.path.join(ROOT, "perf", "scenarios", scenario), "-i", "127.0.0.1", "-nostdin",
+           "-trace_err"]
+    if inf:
+        cmd += ["-inf", str(inf)]
+    cmd += list(args) + [f"{target[0]}:{target[1]}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    text = out.stdout + out.stderr
+    if cwd:
+        for name in os.listdir(cwd):
+            if name.endswith("_errors.log"):
+                with open(os.path.join(cwd, name)) as f:
+                    text += "\n--- " + name + "\n" + f.read()[-3000:]
+    return out.returncode, text
+
+
+def sipp_counts(text):
+    """(successful, failed) calls from the cumulative column of SIPp's final statistics screen."""
+    ok = failed = None
+    for line in text.splitlines():
+        if "Successful call" in line:
+            ok = int(line.split("|")[-1].strip())
+        elif "Failed call" in line:
+            failed = int(line.split("|")[-1].strip())
+    return ok, failed
+
+
+class SippServer:
+    """A SIPp UAS (server mode) on a fixed port, in the background."""
+
+    def __init__(self, scenario, port, *args, cwd=None):
+        self.port = port
+        self.cwd = cwd
+        cmd = ["sipp", "-sf", os.path.join(ROOT, "perf", "scenarios", scenario), "-i", "127.0.0.1", "-p",
+               str(port), "-nostdin", "-trace_err", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd)
+        time.sleep(0.3)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def free_udp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

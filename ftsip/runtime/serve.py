@@ -4,6 +4,7 @@ import time
 
 from ftsip.app import App
 from ftsip.auth import SqliteUserLookup, UserStore, UserStoreError
+from ftsip.location import persist
 from ftsip.ops.stats import Registry
 
 log = logging.getLogger("ftsip")
@@ -54,8 +55,28 @@ def serve(cfg, args=None):
         log.error("%s", e)
         return 2
     signals.on_reload = lambda: reload_users(app.users)
+    store = None
+    records = []
+    if cfg.persistence.path:
+        try:
+            records, info = persist.load(cfg.persistence.path, time.time())
+        except persist.PersistError as e:
+            log.error("%s", e)
+            return 2
+        log.info("persistence: %d AORs (%d bindings) restored from %s, %d expired dropped",
+                 info["records"], info["bindings"], cfg.persistence.path, info["expired_bindings"])
+
+    def before_start(contexts):
+        nonlocal store
+        if cfg.persistence.path:
+            persist.restore(app.location, records, contexts[0].state.loc)
+            store = persist.WriteBehind(cfg.persistence.path, cfg.persistence.flush_interval,
+                                        cfg.persistence.max_pending, source=app.location.record).start()
+            app.location.listeners.append(store)
+            stats.gauge("persistence", store.stats)
+
     try:
-        server = ThreadServer(app, cfg, stats).start()
+        server = ThreadServer(app, cfg, stats).start(before_start)
     except OSError as e:
         log.error("cannot listen on %s: %s (is another server using the port? change [server] listen or "
                   "--listen)", cfg.server.listen[0], e.strerror or e)
@@ -67,5 +88,8 @@ def serve(cfg, args=None):
             reload_users(app.users)
     log.info("stopping")
     server.stop(timeout=1.0)
+    if store is not None:
+        ok = store.stop()
+        log.info("persistence: final flush %s", "complete" if ok else "INCOMPLETE (see errors above)")
     log.info("stopped")
     return 0

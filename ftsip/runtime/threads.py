@@ -30,7 +30,9 @@ class ThreadServer:
         self.host = None
         self.port = None
 
-    def start(self):
+    def start(self, before_start=None):
+        """Bind the sockets, attach a context per worker, call ``before_start(contexts)`` (restores state before
+        any datagram is handled), then start the threads."""
         cfg = self.cfg.server
         host, port = split_hostport(cfg.listen[0], 5060)
         n = cfg.threads or default_threads()
@@ -47,9 +49,14 @@ class ThreadServer:
                  "enabled" if _gil_enabled() else "disabled")
         self.running = True
         now = time.time()
+        contexts = []
         for i, sock in enumerate(self.sockets):
             ctx = worker.Context(i, sock, self.stats.new_worker(i), adv_host, adv_port, now, cfg.tick)
             self.app.attach(ctx, now)
+            contexts.append(ctx)
+        if before_start is not None:
+            before_start(contexts)
+        for i, ctx in enumerate(contexts):
             t = threading.Thread(target=worker.run, args=(self.app, ctx, self._keep_running, cfg.tick),
                                  name=f"worker-{i}", daemon=True)
             self.threads.append(t)
