@@ -10,6 +10,7 @@ import os
 from ftsip.auth import Authenticator, NonceCounter, NonceFactory, UserStore
 from ftsip.location.service import LocationService
 from ftsip.ops import log as oplog
+from ftsip.ops.guard_api import NullGuard
 from ftsip.proxy.proxy import Proxy
 from ftsip.registrar.registrar import Registrar
 from ftsip.sip import SipParseError, backend, make_response, parse, received_via, response_target, unescape
@@ -31,11 +32,12 @@ class WorkerState:
 
 
 class App:
-    def __init__(self, config, users=None, location=None, secret=None, rng=None, resolver=None):
+    def __init__(self, config, users=None, location=None, secret=None, rng=None, resolver=None, guard=None):
         self.cfg = config
         self.domains = frozenset(config.domains)
         self.host = None
         self.port = None
+        self.via_port = None      # the port in our Via (process mode: the worker's own port)
         self.local_hosts = set(self.domains)
         self.users = users if users is not None else UserStore(realm=config.realm)
         a = config.auth
@@ -44,12 +46,36 @@ class App:
         self.auth = Authenticator(self.users, self.nonces, config.realm, tuple(a.algorithms), a.qop,
                                   NonceCounter(100_000, a.nonce_lifetime) if a.nonce_count else None, a.check_uri)
         self.location = location if location is not None else LocationService.from_config(config)
-        self.registrar = Registrar(config, self.location, self.auth, self.domains, rng)
+        self.registrar = Registrar(config, self.location, self.auth, self.domains, rng, self)
         self.txns = TransactionTable()
         self.timers = TimerConfig.from_config(config)
         self.proxy = Proxy(self, resolver)
         self.instance = os.urandom(2).hex()     # keeps branches unique across restarts
         self.parse_uri = backend.DEFAULT.parse_uri
+        self.guard = guard if guard is not None else NullGuard()
+
+    def authenticate(self, req, credentials, addr, now, ctx):
+        """Digest-check ``credentials`` (Authorization or Proxy-Authorization values) through the guard's
+        throttle. Returns (AuthResult or None, refusal or None): a refusal is (status, reason, headers) to answer
+        instead of a challenge."""
+        username = None
+        for c in credentials:
+            username = c.params.get("username")
+            if username:
+                break
+        guard = self.guard
+        if username is not None:
+            blocked = guard.auth_blocked(username, addr, now)
+            if blocked is not None:
+                ctx.stats.inc("auth.throttled")
+                return None, blocked
+        res = self.auth.check(credentials, req.method, req.uri, now)
+        if res.ok:
+            guard.auth_succeeded(res.username, addr, now)
+        elif credentials and not res.stale:
+            ctx.stats.inc("auth.fail." + res.reason)
+            guard.auth_failed(username, addr, now)
+        return res, None
 
     @staticmethod
     def user_of(uri):
@@ -61,6 +87,8 @@ class App:
         """Called once by the runtime with the address we advertise (Via, Record-Route)."""
         self.host = host
         self.port = port
+        if self.via_port is None:
+            self.via_port = port
         self.local_hosts.add(host.lower())
         self.local_hosts.add(f"[{host.lower()}]" if ":" in host else host.lower())
 
@@ -74,6 +102,9 @@ class App:
 
     # ---- the datagram path
     def on_datagram(self, data, addr, now, ctx):
+        if not self.guard.allow_datagram(addr, now):
+            ctx.stats.inc("drops.banned")
+            return
         try:
             msg = parse(data)
         except SipParseError as e:
@@ -139,8 +170,15 @@ class App:
                     return
         method = req.method
         ruri = req.ruri
+        refusal = self.guard.check_request(req, addr, now, ctx)
+        if refusal is not None:
+            status, reason, headers = refusal
+            if method != "ACK":
+                self.reply(req, status, addr, ctx, reason=reason, headers=headers)
+            ctx.stats.inc(f"drops.refused.{status}")
+            return
         if method == "REGISTER" and self.is_local(ruri) and not req.routes:
-            r = self.registrar.handle(req, addr, now, ctx.state.loc)
+            r = self.registrar.handle(req, addr, now, ctx.state.loc, ctx)
             self.reply(req, r.status, addr, ctx, reason=r.reason, headers=r.headers)
             return
         if method == "OPTIONS" and (req.max_forwards == 0 or ruri.user is None and self.is_local(ruri)) \

@@ -165,6 +165,9 @@ SCHEMA = {
                   _one_of("incremental", "sweep")),
         "sweep_interval": Key(int, 60, "seconds between full sweeps (gc = \"sweep\")", _positive),
         "gc_budget": Key(int, 200, "bindings examined per tick at least, > 0", _positive),
+        "shm_slots": Key(int, 65536, "records the shared-memory segment holds (processes mode), > 0", _positive),
+        "shm_slot_size": Key(int, 1024, "bytes per record slot in the segment (processes mode), >= 256",
+                             lambda v: v >= 256),
     },
     "proxy": {
         "record_route": Key(bool, True, "true or false", reload=True),
@@ -175,6 +178,27 @@ SCHEMA = {
                             _non_negative, reload=True),
         "timer_c": Key(float, 180.0, "seconds, > 180 per RFC 3261 (INVITE branch timeout)",
                        lambda v: v >= 1, reload=True),
+    },
+    "security": {
+        "pike_rate": Key(int, 0, "requests per second one source address may send before it is banned (0: off; "
+                         "Kamailio's pike)", _non_negative, reload=True),
+        "pike_ban": Key(float, 60.0, "seconds a flooding source stays banned, > 0", _positive, reload=True),
+        "auth_fail_limit": Key(int, 10, "failed authentications per source (and per user from one source) "
+                               "within auth_fail_window before further attempts are refused (0: off)",
+                               _non_negative, reload=True),
+        "auth_fail_window": Key(float, 300.0, "seconds, > 0", _positive, reload=True),
+        "auth_fail_status": Key(int, 403, "the answer to a throttled authentication: 403 or 429",
+                                lambda v: v in (403, 429), reload=True),
+        "scanner_user_agents": Key(list, [], 'User-Agent substrings to refuse, e.g. ["friendly-scanner", '
+                                   '"sipvicious", "sipcli"] (empty: off)', _list_of(_is_str), reload=True),
+        "overload_lag": Key(float, 0.5, "seconds of queueing delay above which new INVITE/REGISTER get 503 "
+                            "(0: never shed)", _non_negative, reload=True),
+        "retry_after": Key(int, 5, "seconds in the Retry-After of a 503 when shedding load, > 0", _positive,
+                           reload=True),
+    },
+    "metrics": {
+        "listen": Key(str, "", '"HOST:PORT" of the Prometheus/JSON metrics endpoint, e.g. "127.0.0.1:9060" '
+                      '("" : off)', _addr_or_empty),
     },
     "persistence": {
         "path": Key(str, "", 'a SQLite file for registrations, e.g. "/var/lib/ftsip/registrations.db" ("" : off)'),

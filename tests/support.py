@@ -28,6 +28,7 @@ class FakeCtx:
         self.stats = (registry or Registry()).new_worker(wid)
         self.sock = None
         self.state = None
+        self.lag = 0.0
 
     def send(self, data, addr):
         self.sent.append((data, addr))

@@ -11,7 +11,7 @@ from ftsip.location.table import make_table
 class LocalState:
     """Per-worker: the expiry queue and counters only this worker writes."""
 
-    __slots__ = ("queue", "bindings", "examined", "expired", "steps", "longest_step", "next_sweep")
+    __slots__ = ("queue", "bindings", "examined", "expired", "steps", "longest_step", "next_sweep", "scan")
 
     def __init__(self, now):
         self.queue = ExpiryQueue(now)
@@ -21,6 +21,7 @@ class LocalState:
         self.steps = 0
         self.longest_step = 0
         self.next_sweep = 0.0
+        self.scan = None         # the resumable scan of gc = "scan"
 
 
 class LocationService:
@@ -134,11 +135,38 @@ class LocationService:
         st.steps += 1
         return removed
 
+    def scan_collect(self, now, st):
+        """The budgeted collector for tables the expiry queues cannot follow (the shared-memory segment of the
+        process mode, written by several processes): a scan of the table that resumes where the last tick stopped,
+        ``gc_budget`` AORs a tick, a new pass at most once a second."""
+        if st.scan is None:
+            if now < st.next_sweep:
+                return 0
+            st.next_sweep = now + 1.0
+            st.scan = iter(self.table.keys())     # lazy: buckets are read as the scan reaches them
+        n = 0
+        for aor in st.scan:
+            self.purge(aor, now, st)
+            n += 1
+            if n >= self.gc_budget:
+                break
+        else:
+            st.scan = None
+        st.examined += n
+        st.steps += 1
+        return n
+
     def tick(self, now, st, wid):
-        """The runtime's periodic call: incremental collection, or a full sweep every ``sweep_interval`` seconds
-        by worker 0 when the baseline is configured. Returns the work done (AORs examined or bindings removed)."""
-        if self.gc == "incremental":
+        """The runtime's periodic call: incremental collection ("incremental": expiry queues; "scan": a resumable
+        scan), or a full sweep every ``sweep_interval`` seconds by worker 0 when the baseline is configured
+        ("sweep"); "none" leaves expiry to another process. Returns the work done."""
+        gc = self.gc
+        if gc == "incremental":
             return self.collect(now, st)
+        if gc == "scan":
+            return self.scan_collect(now, st)
+        if gc == "none":
+            return 0
         if wid == 0 and now >= st.next_sweep:
             st.next_sweep = now + self.sweep_interval
             return self.sweep(now, st)

@@ -50,15 +50,16 @@ class _DateCache:
 
 
 class Registrar:
-    def __init__(self, cfg, location, authenticator, domains, rng=None):
+    def __init__(self, cfg, location, authenticator, domains, rng=None, app=None):
         self.cfg = cfg
         self.location = location
         self.auth = authenticator
+        self.app = app
         self.domains = frozenset(domains)
         self.rng = rng
         self.date = _DateCache()
 
-    def handle(self, req, src, now, st):
+    def handle(self, req, src, now, st, ctx=None):
         """One REGISTER whose Request-URI is ours. Returns a Reply."""
         reg = self.cfg.registrar
         unsupported = [t for t in req.require if t not in SUPPORTED]
@@ -66,7 +67,12 @@ class Registrar:
             return Reply(420, None, ("Unsupported: " + ", ".join(unsupported),))
         username = None
         if self.cfg.auth.register:
-            res = self.auth.check(req.authorization, "REGISTER", req.uri, now)
+            if self.app is not None and ctx is not None:
+                res, refusal = self.app.authenticate(req, req.authorization, src, now, ctx)
+                if refusal is not None:
+                    return Reply(*refusal)
+            else:
+                res = self.auth.check(req.authorization, "REGISTER", req.uri, now)
             if not res.ok:
                 return Reply(401, None, tuple("WWW-Authenticate: " + v
                                               for v in self.auth.challenge(now, stale=res.stale)))

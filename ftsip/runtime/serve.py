@@ -12,8 +12,9 @@ log = logging.getLogger("ftsip")
 USER_FILE_POLL = 2.0     # seconds between checks of the user files for changes
 
 
-def load_users(cfg):
-    """The user store the config asks for. Problems in single rows are logged; an unusable file is fatal."""
+def load_users(cfg, quiet=False):
+    """The user store the config asks for. Problems in single rows are logged; an unusable file is fatal.
+    ``quiet``: log problems only (every process of the process mode loads the store)."""
     a = cfg.auth
     if a.store == "sqlite-query":
         dbs = [p for p in a.users if not p.lower().endswith(".csv")]
@@ -24,6 +25,8 @@ def load_users(cfg):
     store = UserStore.from_files(a.users, cfg.realm) if a.users else UserStore(realm=cfg.realm)
     for p in store.problems:
         log.warning("user file: %s", p)
+    if quiet:
+        return store
     if a.users:
         log.info("user store: %d users from %s (realm %s)", len(store), ", ".join(a.users), cfg.realm)
     elif a.register or a.methods:
@@ -45,6 +48,9 @@ def build_app(cfg):
 
 
 def serve(cfg, args=None):
+    if cfg.server.mode == "processes":
+        from ftsip.runtime.processes import serve_processes
+        return serve_processes(cfg)
     from ftsip.cli import Signals
     from ftsip.runtime.threads import ThreadServer
     signals = Signals()

@@ -11,7 +11,7 @@ class Context:
     worker's timing wheel, its stats, its id, the address it advertises, and ``state``: whatever the core keeps per
 worker (set by ``App.attach``)."""
 
-    __slots__ = ("wid", "sock", "wheel", "stats", "host", "port", "state", "_sendto")
+    __slots__ = ("wid", "sock", "wheel", "stats", "host", "port", "state", "lag", "_sendto")
 
     def __init__(self, wid, sock, stats, host, port, now, resolution=0.01):
         self.wid = wid
@@ -21,6 +21,7 @@ worker (set by ``App.attach``)."""
         self.host = host
         self.port = port
         self.state = None            # the core's per-worker state (App.attach sets it)
+        self.lag = 0.0               # queueing delay of recent datagrams, seconds (for overload shedding)
         self._sendto = sock.sendto if sock is not None else None
 
     def send(self, data, addr):

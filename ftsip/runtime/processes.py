@@ -1,0 +1,286 @@
+"""Process mode: OpenSER's architecture, kept as a working comparison (and multicore on GIL interpreters).
+
+A supervisor creates a FIXED-SIZE shared-memory segment holding a fixed-width hash table of bindings (its size and
+width are configuration the administrator must get right: `[location] shm_slots`, `shm_slot_size`, `hash_width`),
+then starts N single-threaded worker processes running the same sans-I/O core as the thread mode.
+
+Each worker owns two UDP sockets:
+- a SO_REUSEPORT socket on the shared SIP address: new requests arrive here, spread by the kernel's 4-tuple hash,
+  so everything one client socket sends (retransmissions, CANCEL, the ACK of a non-2xx) reaches the process that
+  holds the INVITE's server transaction; responses to those requests leave from it;
+- a socket on a port of its own, written into the Via of every request it forwards: the responses to those requests
+  come back to the process that owns the client transaction.
+Record-Route carries the shared address, so in-dialog requests (ACK for 2xx, BYE) may land on any worker: they are
+new transactions. Transaction state never crosses processes; location state lives in the segment (per-bucket
+robust cross-process locks); the user store is loaded by every process; nonces are stateless (one secret, handed
+down by the supervisor), so any process verifies any nonce. Expiry: the supervisor runs the budgeted collector over
+the segment (a resumable scan, `gc_budget` AORs per tick), or the full sweep when `gc = "sweep"`.
+
+The supervisor restarts a worker that dies (and logs why), forwards SIGHUP, stops everything on SIGTERM/SIGINT and
+removes the segment on exit (also when a worker was SIGKILLed). Only a SIGKILL of the supervisor itself can leave
+the segment behind in /dev/shm (named ftsip-<supervisor pid>).
+"""
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import socket
+import time
+
+from ftsip import config as config_mod
+from ftsip.config import split_hostport
+from ftsip.ops import log as oplog
+from ftsip.ops.stats import Registry
+from ftsip.runtime.sockets import udp_socket
+from ftsip.runtime.worker import Context
+
+log = logging.getLogger("ftsip")
+
+RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0)
+
+
+def segment_name():
+    return f"ftsip-{os.getpid()}"
+
+
+def create_segment(cfg, name):
+    from ftsip.location.shm import ShmTable
+    loc = cfg.location
+    return ShmTable.create(name, loc.hash_width, loc.shm_slots, loc.shm_slot_size)
+
+
+def shm_location(table, gc):
+    from ftsip.location.service import LocationService
+    from ftsip.location.shm import ShmLocationTable
+    return LocationService(ShmLocationTable(table), gc=gc)
+
+
+class ProcContext(Context):
+    """A worker context with two sockets: responses leave from the shared one, forwarded requests from the private
+    one (whose port is in our Via)."""
+
+    __slots__ = ("_send_private",)
+
+    def __init__(self, wid, shared, private, stats, host, port, now, tick):
+        Context.__init__(self, wid, shared, stats, host, port, now, tick)
+        self._send_private = private.sendto
+
+    def send(self, data, addr):
+        try:
+            if data[:4] == b"SIP/":
+                self._sendto(data, addr)
+            else:
+                self._send_private(data, addr)
+        except OSError as e:
+            self.stats.inc("drops.send_error")
+            oplog.event(logging.WARNING, "send-error", "send to %s failed: %s", addr, e)
+
+
+def run_sockets(app, ctx, socks, keep_running, tick):
+    """The single-threaded worker loop over several non-blocking sockets."""
+    import errno
+    poller = select.poll()
+    by_fd = {}
+    for s in socks:
+        s.setblocking(False)
+        poller.register(s.fileno(), select.POLLIN)
+        by_fd[s.fileno()] = s
+    on_datagram = app.on_datagram
+    stats = ctx.stats
+    next_tick = 0.0
+    clock = time.time
+    perf = time.perf_counter
+    while keep_running():
+        try:
+            events = poller.poll(int(tick * 1000) or 1)
+        except InterruptedError:
+            continue
+        t0 = perf()
+        for fd, _ in events:
+            recv = by_fd[fd].recvfrom
+            for _ in range(64):
+                try:
+                    data, addr = recv(65535)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.ECONNREFUSED, errno.EINTR):
+                        stats.inc("errors.recv")
+                    break
+                stats.datagrams += 1
+                try:
+                    on_datagram(data, addr, clock(), ctx)
+                except Exception as e:
+                    stats.inc("errors.core")
+                    oplog.event(logging.ERROR, "core-error", "error handling a datagram from %s: %r", addr, e,
+                                exc_info=True)
+        now = clock()
+        if now >= next_tick:
+            next_tick = now + tick
+            try:
+                app.on_tick(now, ctx)
+            except Exception as e:
+                stats.inc("errors.tick")
+                oplog.event(logging.ERROR, "tick-error", "error in timer tick: %r", e, exc_info=True)
+        stats.busy += perf() - t0
+
+
+def worker_main(cfg_dict, wid, seg, secret, host, port, queue):
+    """Entry point of a worker process (spawned: it imports everything afresh)."""
+    running = [True]
+    cfg = config_mod.load(base=cfg_dict)
+    oplog.setup(cfg.server.log_level, cfg.server.log_format)
+    import threading
+    threading.current_thread().name = f"worker-{wid}"
+    signal.signal(signal.SIGTERM, lambda *a: running.__setitem__(0, False))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from ftsip.app import App
+        from ftsip.location.shm import ShmTable
+        from ftsip.runtime.serve import load_users, reload_users
+        table = ShmTable.attach(seg)
+        app = App(cfg, users=load_users(cfg, quiet=wid != 0), location=shm_location(table, "none"),
+                  secret=secret)
+        signal.signal(signal.SIGHUP, lambda *a: reload_users(app.users))
+        shared, _ = udp_socket(host, port, rcvbuf=cfg.server.rcvbuf, sndbuf=cfg.server.sndbuf)
+        private, _ = udp_socket(host, 0, reuseport=False, rcvbuf=cfg.server.rcvbuf, sndbuf=cfg.server.sndbuf)
+    except Exception as e:
+        queue.put(("error", wid, f"{type(e).__name__}: {e}"))
+        raise SystemExit(2)
+    private_port = private.getsockname()[1]
+    app.bind(host, port)
+    app.via_port = private_port
+    now = time.time()
+    ctx = ProcContext(wid, shared, private, Registry().new_worker(wid), host, port, now, cfg.server.tick)
+    app.attach(ctx, now)
+    queue.put(("ready", wid, os.getpid()))
+    run_sockets(app, ctx, (shared, private), lambda: running[0], cfg.server.tick)
+    table.close()
+
+
+class Supervisor:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.mp = multiprocessing.get_context("spawn")
+        self.queue = self.mp.Queue()
+        self.procs = {}          # wid -> Process
+        self.restarts = {}       # wid -> count
+        self.seg = segment_name()
+        self.table = None
+        self.secret = cfg.auth.secret.encode() if cfg.auth.secret else os.urandom(32)
+
+    def spawn(self, wid):
+        p = self.mp.Process(target=worker_main, name=f"ftsip-worker-{wid}",
+                            args=(self.cfg_dict, wid, self.seg, self.secret, self.host, self.port, self.queue))
+        p.start()
+        self.procs[wid] = p
+        return p
+
+    def run(self, signals):
+        cfg = self.cfg
+        host, port = split_hostport(cfg.server.listen[0], 5060)
+        if port == 0:             # an ephemeral port for all workers: ask the kernel for one first
+            probe, _ = udp_socket(host, 0, reuseport=False)
+            port = probe.getsockname()[1]
+            probe.close()
+        self.host, self.port = host, port
+        n = cfg.server.workers or len(os.sched_getaffinity(0))
+        self.cfg_dict = cfg.as_dict()
+        try:
+            self.table = create_segment(cfg, self.seg)
+        except Exception as e:
+            log.error("cannot create the shared-memory segment %s: %s", self.seg, e)
+            return 2
+        try:
+            return self._serve(signals, n)
+        finally:
+            self._stop_all()
+            from ftsip.location.shm import ShmTable
+            try:
+                self.table.close()
+            finally:
+                ShmTable.unlink(self.seg)
+                log.info("removed the shared-memory segment %s", self.seg)
+
+    def _serve(self, signals, n):
+        cfg = self.cfg
+        location = shm_location(self.table, "scan" if cfg.location.gc == "incremental" else "sweep")
+        if cfg.persistence.path:
+            from ftsip.location import persist
+            records, info = persist.load(cfg.persistence.path, time.time())
+            for rec in records:
+                location.table.put(rec.aor, rec)
+            log.info("persistence: %d AORs restored into the segment (write-behind runs only in threads mode)",
+                     info["records"])
+        for wid in range(n):
+            self.spawn(wid)
+        ready = 0
+        deadline = time.monotonic() + 30
+        while ready < n:
+            try:
+                kind, wid, detail = self.queue.get(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:
+                log.error("workers did not start within 30 s")
+                return 1
+            if kind == "error":
+                log.error("worker %d could not start: %s", wid, detail)
+                return 1
+            ready += 1
+        log.info("listening on udp %s with %d worker process(es) (SO_REUSEPORT + a private port each), "
+                 "shared-memory segment %s: %d buckets, %d slots of %d bytes", _fmt(self.host, self.port), n,
+                 self.seg, cfg.location.hash_width, cfg.location.shm_slots, cfg.location.shm_slot_size)
+        signals.on_reload = self._forward_hup
+        st = location.local_state(time.time())
+        tick = max(cfg.server.tick, 0.01)
+        from multiprocessing.connection import wait
+        while not signals.stop.is_set():
+            sentinels = {p.sentinel: wid for wid, p in self.procs.items()}
+            done = wait(list(sentinels), timeout=tick)
+            for s in done:
+                self._restart(sentinels[s])
+            location.tick(time.time(), st, 0)
+        return 0
+
+    def _restart(self, wid):
+        p = self.procs[wid]
+        p.join(0)
+        code = p.exitcode
+        why = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else \
+            f"exited with code {code}"
+        count = self.restarts.get(wid, 0)
+        self.restarts[wid] = count + 1
+        delay = RESTART_BACKOFF[min(count, len(RESTART_BACKOFF) - 1)]
+        log.warning("worker %d (pid %s) %s; restarting it%s", wid, p.pid, why,
+                    f" in {delay:.1f}s" if delay else "")
+        if delay:
+            time.sleep(delay)
+        self.spawn(wid)
+
+    def _forward_hup(self):
+        for p in self.procs.values():
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGHUP)
+
+    def _stop_all(self):
+        for p in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + 2.0
+        for p in self.procs.values():
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+
+
+def _fmt(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve_processes(cfg):
+    from ftsip.cli import Signals
+    signals = Signals()
+    rc = Supervisor(cfg).run(signals)
+    log.info("stopped")
+    return rc
