@@ -5,6 +5,11 @@ lookups read a consistent snapshot without taking any lock.
 """
 
 
+class LocationStoreError(Exception):
+    """The location store refused a change and left everything as it was (e.g. a full shared-memory segment); the
+    message says which setting to raise."""
+
+
 class Binding:
     """One contact bound to an AOR.
 

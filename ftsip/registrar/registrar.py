@@ -5,8 +5,10 @@ binding update runs inside the location table's atomic ``compute``, so two REGIS
 threads serialize on that AOR's bucket and an out-of-order refresh can never overwrite newer state.
 """
 import email.utils
+import logging
 
-from ftsip.location.records import Binding, Record, uri_key
+from ftsip.location.records import Binding, LocationStoreError, Record, uri_key
+from ftsip.ops import log as oplog
 from ftsip.sip import unescape
 
 SUPPORTED = frozenset(("path",))
@@ -122,6 +124,11 @@ class Registrar:
             rec = self.location.update(aor, fn, st)
         except Abort as a:
             return a.reply
+        except LocationStoreError as e:     # e.g. the process mode's fixed segment is full: say what to raise
+            oplog.event(logging.ERROR, "location-full", "REGISTER for %s refused: %s", aor, e)
+            if ctx is not None:
+                ctx.stats.inc("registrar.store_full")
+            return Reply(503, "Service Unavailable - location store full", ("Retry-After: 60",))
         return self._ok(req, rec.bindings if rec is not None else (), now)
 
     @staticmethod
