@@ -78,14 +78,25 @@ class ProcContext(Context):
 
 
 def run_sockets(app, ctx, socks, keep_running, tick):
-    """The single-threaded worker loop over several non-blocking sockets."""
+    """The single-threaded worker loop over several non-blocking sockets. ``ctx.lag`` is measured as in
+    ``worker.run``: one datagram in 16 is read with ``recvmsg`` for its kernel arrival time (SO_TIMESTAMPNS),
+    lag = now - arrival, smoothed (EWMA 1/4); a poll that times out (every queue empty) sets it to 0."""
     import errno
+    import struct
     poller = select.poll()
     by_fd = {}
+    sample_mask = 15
     for s in socks:
         s.setblocking(False)
         poller.register(s.fileno(), select.POLLIN)
-        by_fd[s.fileno()] = s
+        by_fd[s.fileno()] = (s.recvfrom, s.recvmsg)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMPNS", 35), 1)
+        except (OSError, AttributeError):
+            sample_mask = -1       # no kernel timestamps: never sample
+    timespec = struct.Struct("@ll").unpack_from
+    n = 0
+    lag = 0.0
     on_datagram = app.on_datagram
     stats = ctx.stats
     next_tick = 0.0
@@ -96,12 +107,19 @@ def run_sockets(app, ctx, socks, keep_running, tick):
             events = poller.poll(int(tick * 1000) or 1)
         except InterruptedError:
             continue
+        if not events and lag:
+            ctx.lag = lag = 0.0
         t0 = perf()
         for fd, _ in events:
-            recv = by_fd[fd].recvfrom
+            recv, recvmsg = by_fd[fd]
             for _ in range(64):
+                n += 1
                 try:
-                    data, addr = recv(65535)
+                    if n & sample_mask:
+                        data, addr = recv(65535)
+                        anc = None
+                    else:
+                        data, anc, _, addr = recvmsg(65535, 64)
                 except BlockingIOError:
                     break
                 except OSError as e:
@@ -109,8 +127,13 @@ def run_sockets(app, ctx, socks, keep_running, tick):
                         stats.inc("errors.recv")
                     break
                 stats.datagrams += 1
+                now = clock()
+                if anc:
+                    sec, nsec = timespec(anc[0][2])
+                    lag += (min(max(now - sec - nsec * 1e-9, 0.0), 60.0) - lag) * 0.25
+                    ctx.lag = lag
                 try:
-                    on_datagram(data, addr, clock(), ctx)
+                    on_datagram(data, addr, now, ctx)
                 except Exception as e:
                     stats.inc("errors.core")
                     oplog.event(logging.ERROR, "core-error", "error handling a datagram from %s: %r", addr, e,
@@ -140,8 +163,9 @@ def worker_main(cfg_dict, wid, seg, secret, host, port, queue):
         from ftsip.location.shm import ShmTable
         from ftsip.runtime.serve import load_users, reload_users
         table = ShmTable.attach(seg)
+        from ftsip.ops.guard import Guard
         app = App(cfg, users=load_users(cfg, quiet=wid != 0), location=shm_location(table, "none"),
-                  secret=secret)
+                  secret=secret, guard=Guard(cfg))
         signal.signal(signal.SIGHUP, lambda *a: reload_users(app.users))
         shared, _ = udp_socket(host, port, rcvbuf=cfg.server.rcvbuf, sndbuf=cfg.server.sndbuf)
         private, _ = udp_socket(host, 0, reuseport=False, rcvbuf=cfg.server.rcvbuf, sndbuf=cfg.server.sndbuf)
@@ -226,6 +250,7 @@ class Supervisor:
             if kind == "error":
                 log.error("worker %d could not start: %s", wid, detail)
                 return 1
+            log.info("worker %d ready (pid %d)", wid, detail)
             ready += 1
         log.info("listening on udp %s with %d worker process(es) (SO_REUSEPORT + a private port each), "
                  "shared-memory segment %s: %d buckets, %d slots of %d bytes", _fmt(self.host, self.port), n,
@@ -239,12 +264,21 @@ class Supervisor:
             done = wait(list(sentinels), timeout=tick)
             for s in done:
                 self._restart(sentinels[s])
+            while not self.queue.empty():          # restarted workers report in
+                try:
+                    kind, wid, detail = self.queue.get_nowait()
+                except Exception:
+                    break
+                if kind == "ready":
+                    log.info("worker %d ready (pid %d)", wid, detail)
+                else:
+                    log.error("worker %d could not start: %s", wid, detail)
             location.tick(time.time(), st, 0)
         return 0
 
     def _restart(self, wid):
         p = self.procs[wid]
-        p.join(0)
+        p.join(2.0)           # the sentinel closes just before the kernel makes the exit status available
         code = p.exitcode
         why = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else \
             f"exited with code {code}"
