@@ -177,12 +177,13 @@ class App:
                 self.reply(req, status, addr, ctx, reason=reason, headers=headers)
             ctx.stats.inc(f"drops.refused.{status}")
             return
-        if method == "REGISTER" and self.is_local(ruri) and not req.routes:
+        routes = req.routes
+        for_us = not routes or (len(routes) == 1 and self.proxy.is_us(routes[0].uri))   # an outbound-proxy Route
+        if method == "REGISTER" and for_us and self.is_local(ruri):
             r = self.registrar.handle(req, addr, now, ctx.state.loc, ctx)
             self.reply(req, r.status, addr, ctx, reason=r.reason, headers=r.headers)
             return
-        if method == "OPTIONS" and (req.max_forwards == 0 or ruri.user is None and self.is_local(ruri)) \
-                and not req.routes:
+        if method == "OPTIONS" and for_us and (req.max_forwards == 0 or ruri.user is None and self.is_local(ruri)):
             self.reply(req, 200, addr, ctx, headers=(f"Allow: {ALLOW}", "Accept: application/sdp",
                                                      "Supported: path"))
             return

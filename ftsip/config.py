@@ -146,7 +146,7 @@ SCHEMA = {
         "register": Key(bool, True, "true or false (challenge REGISTER)", reload=True),
         "methods": Key(list, ["INVITE", "BYE"], 'a list of methods the proxy challenges, e.g. ["INVITE", "BYE"]',
                        _methods, reload=True),
-        "algorithms": Key(list, ["MD5", "SHA-256"], 'a list from "MD5", "SHA-256" (offered in that order)',
+        "algorithms": Key(list, ["MD5"], 'a list from "MD5", "SHA-256" (offered in that order)',
                           _algorithms, reload=True),
         "qop": Key(bool, True, "true or false (qop=auth; false: RFC 2069 MD5 for old phones)", reload=True),
         "nonce_lifetime": Key(int, 300, "seconds, > 0", _positive, reload=True),

@@ -12,8 +12,8 @@ from ftsip.sip import parse
 T0 = 1_000_000.0
 
 
-def make_app(**reg):
-    overrides = {("server", "domain"): ["example.com"]}
+def make_app(algorithms=("MD5", "SHA-256"), **reg):
+    overrides = {("server", "domain"): ["example.com"], ("auth", "algorithms"): list(algorithms)}
     for k, v in reg.items():
         overrides[("registrar", k)] = v
     cfg = config.load(overrides=overrides)
@@ -48,8 +48,9 @@ def contacts(resp):
 
 
 @pytest.mark.parametrize("alg", ["MD5", "SHA-256"])
-def test_challenge_then_register(alg):
-    app, ctx = make_app()
+@pytest.mark.parametrize("offered", [("MD5", "SHA-256"), ("SHA-256", "MD5")])
+def test_challenge_then_register(alg, offered):
+    app, ctx = make_app(offered)
     ua = InMemoryUA("alice")
     r = register(app, ctx, ua, expires=600, algorithm=alg)
     assert r.status == 200
@@ -241,3 +242,13 @@ def test_bindings_expire_on_time_through_the_collector():
         # the collector is at most one second behind
         assert app.location.bindings() <= sum(1 for i in range(50) if T0 + 10 + (i % 5) > t - 1.01)
     assert app.location.bindings() == 0 and app.location.aors() == 0
+
+
+def test_default_offers_md5_only():
+    cfg = config.load(overrides={("server", "domain"): ["example.com"]})
+    app = App(cfg, users=UserStore(realm="example.com"), secret=b"s" * 32)
+    app.bind("127.0.0.1", 5060)
+    ctx = FakeCtx(T0)
+    app.attach(ctx, T0)
+    r = send(app, ctx, InMemoryUA("alice").register(expires=600), ("192.0.2.10", 5062))
+    assert [("MD5" in v, "SHA-256" in v) for v in r.get_all("www-authenticate")] == [(True, False)]
