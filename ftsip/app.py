@@ -183,7 +183,7 @@ class App:
             r = self.registrar.handle(req, addr, now, ctx.state.loc, ctx)
             self.reply(req, r.status, addr, ctx, reason=r.reason, headers=r.headers)
             return
-        if method == "OPTIONS" and for_us and (req.max_forwards == 0 or ruri.user is None and self.is_local(ruri)):
+        if method == "OPTIONS" and for_us and ruri.user is None and self.is_local(ruri):
             self.reply(req, 200, addr, ctx, headers=(f"Allow: {ALLOW}", "Accept: application/sdp",
                                                      "Supported: path"))
             return

@@ -80,8 +80,8 @@ class Registrar:
                                               for v in self.auth.challenge(now, stale=res.stale)))
             username = res.username
         to_uri = req.to.uri
-        if not to_uri.is_sip:
-            return Reply(416)
+        if not to_uri.is_sip:      # the AOR must be a SIP or SIPS URI (RFC 4475 unksm2)
+            return Reply(400, "Bad Request - the To header field must hold a SIP or SIPS URI")
         if to_uri.host not in self.domains or to_uri.user is None:
             return Reply(404, "Not Found - the address-of-record is not in a domain served here")
         aor = to_uri.aor()

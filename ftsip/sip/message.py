@@ -8,6 +8,7 @@ verbatim, the received datagram is never mutated (Kamailio's "lumps", done small
 import hashlib
 
 from ftsip.sip import backend
+from ftsip.sip.errors import SipParseError
 from ftsip.sip.model import Via
 
 REASONS = {
@@ -72,9 +73,11 @@ def response_target(via, default_port=5060):
 def to_tag_for(request):
     """A To tag for a response the server itself generates: derived from the request, so a retransmitted request
     gets the same tag without keeping state (what stateless SIP elements do)."""
-    via = request.vias[0] if request.vias else None
-    branch = via.branch if via is not None else ""
-    seed = f"{request.call_id}|{request.get('from')}|{branch}|{request.cseq.num}".encode("latin-1")
+    try:
+        branch = request.vias[0].branch
+    except (SipParseError, IndexError):
+        branch = ""
+    seed = f"{request.call_id}|{request.get('from')}|{branch}|{request.get('cseq')}".encode("latin-1")
     return hashlib.blake2s(seed, digest_size=6).hexdigest()
 
 

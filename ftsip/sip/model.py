@@ -6,6 +6,11 @@ parsed the message (``msg._p``) and caches the result; a header that does not pa
 point, which the core answers with a 400 like any other parse error.
 
 Text is ``str`` decoded as latin-1 (see docs/design.md), so values round-trip byte for byte.
+
+Construction: the compiled parser allocates these objects and fills their ``__slots__`` directly, without running
+``__init__``, as long as each class's ``__init__`` only assigns its slots (checked when ``ftsip._fast.sipparse`` is
+imported: arguments, slots, and the attribute names the code touches); an ``__init__`` that does more makes it call
+the class instead. Keep ``__init__`` a plain slot assignment, or check ``sipparse._slot_fill()`` after a change.
 """
 from ftsip.sip.errors import SipParseError
 
@@ -390,7 +395,7 @@ class Message:
             if v is None:
                 return None
             v = v.strip()
-            if not v.isdigit() or not v.isascii() or len(v) > 3 or int(v) > 255:
+            if not v.isdigit() or not v.isascii() or len(v) > 10 or int(v) > 255:   # 0068 is fine
                 raise SipParseError("Bad Max-Forwards")
             return int(v)
         return self._cached("max-forwards", compute)

@@ -7,7 +7,8 @@ the checks in ``parse_message`` is part of the contract (the twins must report t
 Grammar notes (RFC 3261 §25, applied liberally where that is safe):
 - lines end in CRLF or a bare LF; CR/LF before the start line are skipped; a header line that starts with SP/HT
   continues the previous one (folding becomes one SP);
-- the start line has exactly single SPs between its three elements (RFC 4475 lwsstart, trws, lwsruri);
+- the request line has three elements separated by SPs (runs of SP are accepted: RFC 4475 lwsstart, trws; a fourth
+  element is an error: lwsruri); a sip/sips Request-URI is parsed at once and must not carry headers (escruri);
 - a missing blank line ends the headers at the end of the datagram (UDP);
 - Content-Length: absent -> the rest of the datagram; larger than the data -> 400; smaller -> the rest is ignored.
 """
@@ -191,14 +192,7 @@ def parse_uri(s):
         if not rest:
             raise _err("Malformed URI")
         return Uri(scheme, None, None, None, None, {}, None, s)
-    q = rest.find("?")
-    headers = None
-    if q >= 0:
-        headers = rest[q + 1:]
-        if not _check_escapes(headers, URI_HEADER_CHARS):
-            raise _err("Bad headers in SIP URI")
-        rest = rest[:q]
-    at = rest.find("@")
+    at = rest.find("@")        # '?' may be in the user part (RFC 4475 intmeth); '@' never in the headers
     user = password = None
     if at >= 0:
         userinfo = rest[:at]
@@ -213,6 +207,13 @@ def parse_uri(s):
             user = userinfo
         if not user or not _check_escapes(user, USER_CHARS):
             raise _err("Bad user part in SIP URI")
+    q = rest.find("?")
+    headers = None
+    if q >= 0:
+        headers = rest[q + 1:]
+        if not _check_escapes(headers, URI_HEADER_CHARS):
+            raise _err("Bad headers in SIP URI")
+        rest = rest[:q]
     semi = rest.find(";")
     hostport = rest if semi < 0 else rest[:semi]
     if hostport[:1] == "[":
@@ -379,7 +380,7 @@ def parse_name_addrs(s, kind):
                 gt = s.find(">", i + 1)
                 if gt < 0:
                     raise _err(f"Missing '>' in {what} header")
-                uri = parse_uri(s[i + 1:gt])
+                uri = parse_uri(s[i + 1:gt].strip(WS))      # "< sip:a@b >" (RFC 4475 badaspec)
                 i = gt + 1
             else:
                 j = i
@@ -529,8 +530,8 @@ def parse_message(data):
         else:
             status = int(code)
     else:
-        parts = start.split(" ")
-        method = parts[0]
+        parts = [p for p in start.split(" ") if p]      # extra SPs are harmless (RFC 4475 lwsstart, trws)
+        method = parts[0] if parts else ""
         if len(parts) != 3:
             start_error = ("Malformed Request-Line", 400)
         else:
@@ -651,6 +652,13 @@ def parse_message(data):
         raise fail(e.reason, e.status) from None
     if is_request and cseq.method != method:
         raise fail("CSeq method does not match the request method")
+    if is_request and (uri[:4].lower() == "sip:" or uri[:5].lower() == "sips:"):
+        try:
+            ruri = msg.ruri
+        except SipParseError as e:
+            raise fail(e.reason, e.status) from None
+        if ruri.headers is not None:
+            raise fail("Request-URI must not contain headers")      # RFC 4475 escruri
     return msg
 
 
