@@ -162,12 +162,13 @@ class App:
     # ---- requests and responses (the registrar and the proxy extend these)
     def on_request(self, req, addr, now, ctx):
         st = self.txns.match_request(req)
-        if st is not None:                     # a retransmission, or the ACK of a non-2xx final response
+        if st is not None:      # a retransmission, or the ACK of a final response
             with st.lock:
-                if st.state is not TERMINATED:
-                    st.on_request(req, now, ctx)
-                    ctx.stats.inc("rx.absorbed")
-                    return
+                passed_on = st.state is TERMINATED or st.on_request(req, now, ctx)
+            if not passed_on:
+                ctx.stats.inc("rx.absorbed")
+                return
+            # an ACK for a 2xx that reused the INVITE's Via (RFC 2543 phones): routed like any other
         method = req.method
         ruri = req.ruri
         refusal = self.guard.check_request(req, addr, now, ctx)

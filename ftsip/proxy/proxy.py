@@ -14,15 +14,18 @@ time while different calls run in parallel. What happens, in RFC order:
 - §16.6 forwarding: our Via (branch = magic cookie + loop hash + unique part), Max-Forwards - 1, Record-Route,
   Path -> Route, received/rport on the previous hop's Via; 100 Trying for INVITE; Timer C per INVITE branch.
 - §16.7 responses: 1xx forwarded (not 100), 2xx at once, the best final response when all branches end (6xx cancels
-  the rest; 401/407 challenges merged; 503 becomes 500); busy/no answer/unavailable fail over to voicemail.
-- §16.10 CANCEL: 200 at once, CANCEL on every pending branch, 487 to the INVITE.
-- ACK for 2xx and other stray requests routed statelessly by Route (§16.11).
+  the rest; 401/407 challenges merged; 503 becomes 500; no 408 ever to a non-INVITE, RFC 4320); busy/no
+  answer/unavailable fail over to voicemail (for users that exist).
+- §16.10 CANCEL: 200 at once, CANCEL on every pending branch once it has a provisional response (a 100 counts),
+  487 to the INVITE; a branch still without a final response 64*T1 after its CANCEL is given up (§9.1).
+- ACK for 2xx routed statelessly along our Record-Route (§16.11); ACKs of our own stateless answers are absorbed,
+  and none is relayed to a foreign host unless relaying is configured.
 """
 import hashlib
 import threading
 
 from ftsip.proxy.responses import best, challenges
-from ftsip.sip import make_response, received_via, response_target
+from ftsip.sip import make_response, received_via, response_target, to_tag_for
 from ftsip.transaction import (TERMINATED, InviteClientTransaction, InviteServerTransaction, MAGIC,
                                NonInviteClientTransaction, NonInviteServerTransaction, server_key)
 
@@ -117,10 +120,23 @@ class Proxy:
         return self.app.cfg
 
     def via_host(self):
-        return _hostport(self.app.host, self.app.port)
+        """host:port in our Via: in process mode the worker's own port, so responses come back to it."""
+        return _hostport(self.app.host, self.app.via_port)
 
     def record_route(self):
-        return f"<sip:{self.via_host()};lr>"
+        """Our Record-Route: the shared address (in-dialog requests may reach any worker)."""
+        return f"<sip:{_hostport(self.app.host, self.app.port)};lr>"
+
+    def upstream(self, resp, call):
+        """An Edit of a response to relay to the caller: the Via headers become those of the request this call's
+        server transaction received (RFC 3261 §16.7 step 3 removes our Via, and what is left must be exactly those;
+        taking them from our own transaction keeps a callee that mangles Vias from breaking the caller's)."""
+        st = call.st
+        req = call.req
+        e = resp.edit().remove("via")
+        for v in reversed([st.top_via or req.vias[0].raw] + [v.raw for v in req.vias[1:]]):
+            e.push_via(v)
+        return e
 
     def is_us(self, uri):
         """Is this URI one of our addresses (a Route/Record-Route we put there, or our own host:port)?"""
@@ -163,7 +179,7 @@ class Proxy:
     def is_loop(self, req, lh):
         me = self.via_host()
         for via in req.vias:
-            if via.sent_by == me or (via.host == self.app.host and via.port == self.app.port):
+            if via.sent_by == me or (via.host == self.app.host and via.port in (self.app.port, self.app.via_port)):
                 b = via.branch or ""
                 if b.startswith(MAGIC) and b[len(MAGIC):].split(".", 1)[0] == lh:
                     return True
@@ -210,14 +226,18 @@ class Proxy:
         # authentication of our own users
         a = cfg.auth
         from_uri = req.from_.uri
+        authenticated = False
         if method in a.methods and from_uri.host in app.domains:
-            res = app.auth.check(req.proxy_authorization, method, uri, now)
+            res, refusal = app.authenticate(req, req.proxy_authorization, addr, now, ctx)
+            if refusal is not None:          # too many failures from this source: no challenge, no digest work
+                status, reason, headers = refusal
+                return self.reply(req, status, addr, ctx, reason=reason, headers=headers)
             if not res.ok:
-                ctx.stats.inc("auth.fail." + res.reason)
                 return self.reply(req, 407, addr, ctx, headers=tuple(
                     "Proxy-Authenticate: " + v for v in app.auth.challenge(now, stale=res.stale)))
             if a.match_from and res.username != app.user_of(from_uri):
                 return self.reply(req, 403, addr, ctx, reason="Forbidden - From is not the authenticated user")
+            authenticated = True
 
         # §16.5 targets
         voicemail = None
@@ -235,11 +255,13 @@ class Proxy:
                 voicemail = self.voicemail_for(ruri)
             if bindings:
                 groups = self.fork_groups(bindings)
-            elif voicemail is not None:
-                groups = []
             else:
                 known = app.users.get(app.user_of(ruri)) is not None
-                return self.reply(req, 480 if known else 404, addr, ctx)
+                if voicemail is None or not known:    # no voicemail box for a user that does not exist
+                    # 480 (a user, not reachable) vs 404 (no such user) only to an authenticated caller: anyone
+                    # else would learn which users exist (svwar scans with OPTIONS)
+                    return self.reply(req, 480 if known and authenticated else 404, addr, ctx)
+                groups = []
         elif cfg.proxy.relay_foreign:
             groups = [[Target(uri)]]
         else:
@@ -380,15 +402,15 @@ class Proxy:
         status = resp.status
         st = call.st
         if status < 200:
+            br.provisional = True                # a 100 too: the branch may now be CANCELled (§9.1)
             if status > 100:
-                br.provisional = True
-                if br.timer_c is not None:       # Timer C restarts on each provisional response (§16.7 step 2)
+                if br.timer_c is not None and br.cancel is None:
+                    # Timer C restarts on each provisional response but 100 (§16.7 step 2); once a CANCEL is out,
+                    # its own deadline stands
                     br.timer_c[3] = False
                     br.timer_c = ctx.wheel.schedule(now + self.cfg.proxy.timer_c, self._timer_c, (call, ct, ctx))
                 if not call.final_sent:
-                    st.respond(resp.edit().pop_via().to_bytes(), status, now, ctx)
-            elif br.cancel_pending:
-                br.provisional = True
+                    st.respond(self.upstream(resp, call).to_bytes(), status, now, ctx)
             if br.cancel_pending:
                 self.send_cancel(call, ct, now, ctx)
             return
@@ -396,7 +418,7 @@ class Proxy:
         first_final = br.final == 0
         br.final = status
         if status < 300:
-            st.respond(resp.edit().pop_via().to_bytes(), status, now, ctx)
+            st.respond(self.upstream(resp, call).to_bytes(), status, now, ctx)
             if not call.final_sent:
                 call.final_sent = True
                 self._stop_ring(call)
@@ -413,13 +435,13 @@ class Proxy:
         if not call.pending():
             self.all_done(call, now, ctx)
 
-    def branch_timeout(self, call, ct, now, ctx):
+    def branch_timeout(self, call, ct, now, ctx, status=408):
         br = ct.user
         if ct.method == "CANCEL" or br.final:
             return
         self._stop_timer_c(br)
-        br.final = 408
-        call.responses.append((408, None))
+        br.final = status
+        call.responses.append((status, None))
         if not call.pending():
             self.all_done(call, now, ctx)
 
@@ -454,12 +476,18 @@ class Proxy:
         req = call.req
         call.final_sent = True
         self._stop_ring(call)
+        if status == 408 and req.method != "INVITE":
+            # RFC 4320 §4.2: never a 408 to a non-INVITE request - the client's Timer F has fired by now, the
+            # response would only add load; the server transaction just ends
+            ctx.stats.inc("proxy.final.408_suppressed")
+            st.terminate()
+            return
         if status == 503:
             status, resp = 500, None                  # §16.7 step 6: do not pass 503 upstream
         if resp is None:
             data = make_response(req, status, top_via=st.top_via)
         else:
-            e = resp.edit().pop_via()
+            e = self.upstream(resp, call)
             if status == 401 or status == 407:
                 lines = challenges(call.responses)
                 e.remove("www-authenticate").remove("proxy-authenticate")
@@ -529,14 +557,26 @@ class Proxy:
         self.app.txns.add(cancel)
         cancel.start(now, ctx)
         ctx.stats.inc("proxy.cancels")
+        # §9.1: without a final response 64*T1 after the CANCEL, the INVITE branch is given up (a callee that
+        # died after ringing must not keep the call - and its transactions - forever); Timer C's slot holds it
+        self._stop_timer_c(br)
+        br.timer_c = ctx.wheel.schedule(now + self.app.timers.b, self._timer_c, (call, ct, ctx))
 
     def _timer_c(self, arg, now):
+        """Timer C (§16.8), or the deadline of a CANCEL sent on this branch (§9.1)."""
         call, ct, ctx = arg
         with call.lock:
             br = ct.user
+            if br.timer_c is None or br.timer_c[2] is not arg:
+                return              # stopped or restarted meanwhile (it fired on another worker as it was replaced)
+            br.timer_c = None
             if br.final or ct.state is TERMINATED:
                 return
-            if br.provisional:
+            if br.cancel is not None:                   # CANCELled 64*T1 ago and still no final response
+                ct.terminate()
+                ctx.stats.inc("proxy.cancel_timeouts")
+                self.branch_timeout(call, ct, now, ctx, 487 if call.cancelled and not call.no_answer else 408)
+            elif br.provisional:
                 self.send_cancel(call, ct, now, ctx)    # the 487 ends the branch
             else:
                 ct.terminate()                          # as if a 408 had come
@@ -575,8 +615,13 @@ class Proxy:
         routes = req.routes
         pop = 1 if routes and self.is_us(routes[0].uri) else 0
         remaining = tuple(r.raw for r in routes[pop:])
-        if not remaining and self.app.is_local(req.ruri):
+        if (not remaining and self.app.is_local(req.ruri)) or req.to.tag == to_tag_for(req):
+            # the ACK of a negative answer we gave statelessly (407, 403, 404, 482...): its To tag is the one
+            # make_response derived from the same request fields
             ctx.stats.inc("rx.ack_absorbed")
+            return
+        if not pop and not self.cfg.proxy.relay_foreign:
+            ctx.stats.inc("drops.ack_relay")      # not along our Record-Route: we would be an open relay
             return
         self.forward_stateless(req, addr, ctx, pop, remaining)
 
@@ -611,7 +656,7 @@ class Proxy:
             return
         top = vias[0]
         if not (top.host == self.app.host.lower() or top.host in self.app.local_hosts) or \
-                (top.port or 5060) != self.app.port:
+                (top.port or 5060) not in (self.app.port, self.app.via_port):
             ctx.stats.inc("drops.stray_response")
             return
         ctx.send(resp.edit().pop_via().to_bytes(), response_target(vias[1]))

@@ -45,14 +45,15 @@ class InviteServerTransaction(ServerTransaction):
 
     def on_request(self, req, now, ctx):
         """A request that matched this transaction: an INVITE retransmission or the ACK of a non-2xx final
-        response. Returns True when the transaction user must see it (never, for a UDP proxy)."""
+        response. Returns True when the transaction user must see it: only an ACK in Accepted (RFC 6026 §7.1 -
+        the ACK of a 2xx that reused the INVITE's branch, e.g. an RFC 2543 client's, is the TU's to route)."""
         state = self.state
         if req.method == "ACK":
             if state is COMPLETED:
                 self.state = CONFIRMED
                 self._cancel_timers()                 # G and H stop
                 self.h_timeout = self._arm(ctx, self.timers.i, I, now)
-            return False                              # absorbed (confirmed: absorb; accepted: 2xx ACKs differ)
+            return state is ACCEPTED                  # completed/confirmed: absorbed
         if state is PROCEEDING or state is COMPLETED:
             if self.last is not None:
                 ctx.send(self.last, self.addr)        # retransmission: resend the last response

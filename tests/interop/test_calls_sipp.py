@@ -46,8 +46,10 @@ def failing(tmp_path, status):
     return str(p)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+@pytest.fixture(scope="module", params=["threads", "processes"])
+def env(tmp_path_factory, request):
+    """The server in both architectures: 2 threads, or 2 worker processes and a shared-memory segment (there, a
+    REGISTER and the INVITE that looks the binding up are often handled by different processes)."""
     d = tmp_path_factory.mktemp("calls")
     vm_port = free_udp_port()
     users = d / "users.csv"
@@ -58,8 +60,9 @@ def env(tmp_path_factory):
             f.write(f"user{i:04d},pw{i:04d},{vm}\n")
     cfg = d / "ftsip.toml"
     cfg.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\ndomain = ["{DOMAIN}"]\nthreads = 2\n'
+                   f'mode = "{request.param}"\nworkers = 2\n'
                    f'[auth]\nusers = ["{users}"]\n')
-    with ServerProcess("--config", str(cfg)) as s:
+    with ServerProcess("--config", str(cfg), timeout=60) as s:
         yield s, vm_port, d
 
 

@@ -32,15 +32,16 @@ def auth(i, password=None):
     return f"[authentication username=user{i:04d} password={password or f'pw{i:04d}'}]"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["threads", "processes"])
+def server(tmp_path_factory, request):
     d = tmp_path_factory.mktemp("reg")
     users = write_users(d / "users.csv", 3000)
     cfg = d / "ftsip.toml"
     cfg.write_text('[server]\nlisten = ["127.0.0.1:0"]\ndomain = ["example.com", "127.0.0.1"]\nthreads = 2\n'
+                   f'mode = "{request.param}"\nworkers = 2\n'
                    f'[auth]\nusers = ["{users}"]\nnonce_lifetime = 2\n'
                    '[registrar]\nmin_expires = 60\nmax_expires = 3600\n')
-    with ServerProcess("--config", str(cfg)) as s:
+    with ServerProcess("--config", str(cfg), timeout=60) as s:
         yield s
 
 
