@@ -20,6 +20,7 @@ import binascii
 import enum
 import hmac
 import os
+import random
 import struct
 import threading
 from collections import OrderedDict
@@ -48,7 +49,7 @@ class NonceFactory:
     INVALID.
     """
 
-    __slots__ = ("_secret", "_all_secrets", "lifetime", "max_skew")
+    __slots__ = ("_secret", "_all_secrets", "lifetime", "max_skew", "_rand")
 
     def __init__(self, secret: bytes, lifetime: float = 300.0, *, old_secrets=(), max_skew: float = 5.0):
         if not isinstance(secret, (bytes, bytearray)) or len(secret) < 16:
@@ -59,6 +60,7 @@ class NonceFactory:
         self._all_secrets = (self._secret, *(bytes(s) for s in old_secrets))
         self.lifetime = float(lifetime)
         self.max_skew = float(max_skew)
+        self._rand = random.Random(os.urandom(16))
 
     @staticmethod
     def _mac(secret: bytes, realm: str, head: bytes) -> bytes:
@@ -66,8 +68,8 @@ class NonceFactory:
 
     def make(self, now: float, realm: str, salt: bytes | None = None) -> str:
         """A new nonce for ``realm`` issued at ``now``."""
-        if salt is None:
-            salt = os.urandom(8)
+        if salt is None:     # unique, not secret: the HMAC is what makes a nonce unforgeable (no syscall here)
+            salt = self._rand.getrandbits(64).to_bytes(8, "little")
         elif len(salt) != 8:
             raise ValueError("salt must be 8 bytes")
         head = _HEAD.pack(max(0, int(now * 1000)), salt)
