@@ -41,10 +41,8 @@ class App:
         self.local_hosts = set(self.domains)
         self.users = users if users is not None else UserStore(realm=config.realm)
         a = config.auth
-        secret = secret or (a.secret.encode() if a.secret else os.urandom(32))
-        self.nonces = NonceFactory(secret, a.nonce_lifetime)
-        self.auth = Authenticator(self.users, self.nonces, config.realm, tuple(a.algorithms), a.qop,
-                                  NonceCounter(100_000, a.nonce_lifetime) if a.nonce_count else None, a.check_uri)
+        self.secret = secret or (a.secret.encode() if a.secret else os.urandom(32))
+        self.auth = self._authenticator(config)
         self.location = location if location is not None else LocationService.from_config(config)
         self.registrar = Registrar(config, self.location, self.auth, self.domains, rng, self)
         self.txns = TransactionTable()
@@ -76,6 +74,24 @@ class App:
             ctx.stats.inc("auth.fail." + res.reason)
             guard.auth_failed(username, addr, now)
         return res, None
+
+    def _authenticator(self, config):
+        a = config.auth
+        self.nonces = NonceFactory(self.secret, a.nonce_lifetime)
+        return Authenticator(self.users, self.nonces, config.realm, tuple(a.algorithms), a.qop,
+                             NonceCounter(100_000, a.nonce_lifetime) if a.nonce_count else None, a.check_uri)
+
+    def reconfigure(self, config):
+        """Take a reloaded config (SIGHUP): its reloadable keys take effect for the next datagram. Nonces issued
+        before stay valid (same secret)."""
+        auth = self._authenticator(config)
+        self.cfg = config
+        self.auth = auth
+        self.registrar.cfg = config
+        self.registrar.auth = auth
+        reconfigure = getattr(self.guard, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(config)
 
     @staticmethod
     def user_of(uri):

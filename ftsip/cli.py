@@ -77,6 +77,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="ftsip", description="A SIP proxy-registrar for free-threaded CPython.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    from ftsip.ops import opscli
+    opscli.add_subcommands(sub)
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("file")
     p.set_defaults(func=cmd_check_config)

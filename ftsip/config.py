@@ -186,11 +186,18 @@ SCHEMA = {
         "auth_fail_limit": Key(int, 10, "failed authentications per source (and per user from one source) "
                                "within auth_fail_window before further attempts are refused (0: off)",
                                _non_negative, reload=True),
+        "auth_fail_source_limit": Key(int, 0, "failed authentications from one source across all users before it "
+                                      "is refused (0: 5 x auth_fail_limit, so phones behind one NAT do not lock "
+                                      "each other out)", _non_negative, reload=True),
         "auth_fail_window": Key(float, 300.0, "seconds, > 0", _positive, reload=True),
         "auth_fail_status": Key(int, 403, "the answer to a throttled authentication: 403 or 429",
                                 lambda v: v in (403, 429), reload=True),
         "scanner_user_agents": Key(list, [], 'User-Agent substrings to refuse, e.g. ["friendly-scanner", '
                                    '"sipvicious", "sipcli"] (empty: off)', _list_of(_is_str), reload=True),
+        "pike_exempt": Key(list, [], 'source addresses never rate-limited, e.g. ["127.0.0.1"]', _list_of(_is_str),
+                           reload=True),
+        "overload_hold": Key(float, 1.0, "seconds the queueing delay must stay above overload_lag before shedding "
+                             "starts, >= 0", _non_negative, reload=True),
         "overload_lag": Key(float, 0.5, "seconds of queueing delay above which new INVITE/REGISTER get 503 "
                             "(0: never shed)", _non_negative, reload=True),
         "retry_after": Key(int, 5, "seconds in the Retry-After of a 503 when shedding load, > 0", _positive,

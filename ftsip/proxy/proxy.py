@@ -257,9 +257,12 @@ class Proxy:
                 groups = self.fork_groups(bindings)
             else:
                 known = app.users.get(app.user_of(ruri)) is not None
-                if voicemail is None or not known:    # no voicemail box for a user that does not exist
-                    # 480 (a user, not reachable) vs 404 (no such user) only to an authenticated caller: anyone
-                    # else would learn which users exist (svwar scans with OPTIONS)
+                # 480 (a user, not reachable) vs 404 (no such user), and voicemail only for a user that exists,
+                # are told to an authenticated caller only: anyone else would learn which users exist (svwar
+                # scans with OPTIONS and INVITE); they see the same for every name
+                if not authenticated:
+                    known = voicemail is not None
+                if voicemail is None or not known:
                     return self.reply(req, 480 if known and authenticated else 404, addr, ctx)
                 groups = []
         elif cfg.proxy.relay_foreign:

@@ -149,7 +149,7 @@ def run_sockets(app, ctx, socks, keep_running, tick):
         stats.busy += perf() - t0
 
 
-def worker_main(cfg_dict, wid, seg, secret, host, port, queue):
+def worker_main(cfg_dict, wid, seg, secret, host, port, queue, path=None, overrides=None):
     """Entry point of a worker process (spawned: it imports everything afresh)."""
     running = [True]
     cfg = config_mod.load(base=cfg_dict)
@@ -166,7 +166,8 @@ def worker_main(cfg_dict, wid, seg, secret, host, port, queue):
         from ftsip.ops.guard import Guard
         app = App(cfg, users=load_users(cfg, quiet=wid != 0), location=shm_location(table, "none"),
                   secret=secret, guard=Guard(cfg))
-        signal.signal(signal.SIGHUP, lambda *a: reload_users(app.users))
+        from ftsip.runtime.reload import reload
+        signal.signal(signal.SIGHUP, lambda *a: reload(app, path, overrides or {}))
         shared, _ = udp_socket(host, port, rcvbuf=cfg.server.rcvbuf, sndbuf=cfg.server.sndbuf)
         private, _ = udp_socket(host, 0, reuseport=False, rcvbuf=cfg.server.rcvbuf, sndbuf=cfg.server.sndbuf)
     except Exception as e:
@@ -176,16 +177,24 @@ def worker_main(cfg_dict, wid, seg, secret, host, port, queue):
     app.bind(host, port)
     app.via_port = private_port
     now = time.time()
-    ctx = ProcContext(wid, shared, private, Registry().new_worker(wid), host, port, now, cfg.server.tick)
+    registry = Registry()
+    ctx = ProcContext(wid, shared, private, registry.new_worker(wid), host, port, now, cfg.server.tick)
     app.attach(ctx, now)
+    from ftsip.ops import metrics
+    snapshots = metrics.start_worker_snapshots(cfg, registry, wid, app, seg)   # None when metrics are off
     queue.put(("ready", wid, os.getpid()))
     run_sockets(app, ctx, (shared, private), lambda: running[0], cfg.server.tick)
+    if snapshots is not None:
+        snapshots.stop()
     table.close()
 
 
 class Supervisor:
-    def __init__(self, cfg):
+    def __init__(self, cfg, path=None, overrides=None):
         self.cfg = cfg
+        self.metrics = None
+        self.path = path                 # the config file and command-line overrides, for SIGHUP reloads
+        self.overrides = overrides or {}
         self.mp = multiprocessing.get_context("spawn")
         self.queue = self.mp.Queue()
         self.procs = {}          # wid -> Process
@@ -196,7 +205,8 @@ class Supervisor:
 
     def spawn(self, wid):
         p = self.mp.Process(target=worker_main, name=f"ftsip-worker-{wid}",
-                            args=(self.cfg_dict, wid, self.seg, self.secret, self.host, self.port, self.queue))
+                            args=(self.cfg_dict, wid, self.seg, self.secret, self.host, self.port, self.queue,
+                                  self.path, self.overrides))
         p.start()
         self.procs[wid] = p
         return p
@@ -219,6 +229,8 @@ class Supervisor:
         try:
             return self._serve(signals, n)
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self._stop_all()
             from ftsip.location.shm import ShmTable
             try:
@@ -237,6 +249,8 @@ class Supervisor:
                 location.table.put(rec.aor, rec)
             log.info("persistence: %d AORs restored into the segment (write-behind runs only in threads mode)",
                      info["records"])
+        from ftsip.ops import metrics
+        self.metrics = metrics.start_process_metrics(cfg, location, self.seg)   # before workers: see metrics.py
         for wid in range(n):
             self.spawn(wid)
         ready = 0
@@ -312,9 +326,10 @@ def _fmt(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def serve_processes(cfg):
-    from ftsip.cli import Signals
+def serve_processes(cfg, args=None):
+    from ftsip.cli import Signals, overrides_from_args
     signals = Signals()
-    rc = Supervisor(cfg).run(signals)
+    path = getattr(args, "config", None)
+    rc = Supervisor(cfg, path, overrides_from_args(args) if args is not None else {}).run(signals)
     log.info("stopped")
     return rc

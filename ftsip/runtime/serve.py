@@ -36,21 +36,26 @@ def load_users(cfg, quiet=False):
 
 
 def reload_users(store):
+    """Re-read the user files if they changed (SIGHUP, and every USER_FILE_POLL seconds)."""
     if not hasattr(store, "reload_if_changed"):
         return
+    generation = store.generation
     problems = store.reload_if_changed()
     for p in problems:
         log.warning("user file: %s", p)
+    if store.generation != generation:
+        log.info("user store: reloaded, %d users from %s", len(store), ", ".join(store.sources))
 
 
 def build_app(cfg):
-    return App(cfg, users=load_users(cfg))
+    from ftsip.ops.guard import Guard
+    return App(cfg, users=load_users(cfg), guard=Guard(cfg))
 
 
 def serve(cfg, args=None):
     if cfg.server.mode == "processes":
         from ftsip.runtime.processes import serve_processes
-        return serve_processes(cfg)
+        return serve_processes(cfg, args)
     from ftsip.cli import Signals
     from ftsip.runtime.threads import ThreadServer
     signals = Signals()
@@ -60,7 +65,11 @@ def serve(cfg, args=None):
     except UserStoreError as e:
         log.error("%s", e)
         return 2
-    signals.on_reload = lambda: reload_users(app.users)
+    from ftsip.cli import overrides_from_args
+    from ftsip.runtime.reload import reload
+    path = getattr(args, "config", None)
+    overrides = overrides_from_args(args) if args is not None else {}
+    signals.on_reload = lambda: reload(app, path, overrides)
     store = None
     records = []
     if cfg.persistence.path:
@@ -87,12 +96,16 @@ def serve(cfg, args=None):
         log.error("cannot listen on %s: %s (is another server using the port? change [server] listen or "
                   "--listen)", cfg.server.listen[0], e.strerror or e)
         return 1
+    from ftsip.ops.metrics import start_metrics
+    metrics_server = start_metrics(cfg, stats, app)         # None when [metrics] listen = ""
     next_poll = time.monotonic() + USER_FILE_POLL
     while not signals.stop.wait(0.5):
         if time.monotonic() >= next_poll:
             next_poll = time.monotonic() + USER_FILE_POLL
             reload_users(app.users)
     log.info("stopping")
+    if metrics_server is not None:
+        metrics_server.stop()
     server.stop(timeout=1.0)
     if store is not None:
         ok = store.stop()

@@ -34,8 +34,26 @@ worker (set by ``App.attach``)."""
 
 def run(app, ctx, keep_running, tick=0.01):
     """Receive datagrams until ``keep_running()`` is false; hand each to the core; advance timers every ``tick``.
-    An exception in the core is counted and logged (rate-limited) and the loop goes on."""
-    recv = ctx.sock.recvfrom
+    An exception in the core is counted and logged (rate-limited) and the loop goes on.
+
+    ``ctx.lag`` is this worker's queueing delay (how long datagrams wait in its socket buffer), for overload
+    shedding. One datagram in 16 is read with ``recvmsg`` to get its kernel arrival time (SO_TIMESTAMPNS, the
+    same clock as ``time.time()``): sample = now - arrival, smoothed (EWMA, weight 1/4). Sampling keeps the cost
+    near 0.1 us per datagram (``recvmsg`` on every datagram costs ~0.6 us more than ``recvfrom`` on 3.13t). A
+    receive that times out means the queue is empty: the lag is 0 again."""
+    import socket
+    import struct
+    sock = ctx.sock
+    recv = sock.recvfrom
+    recvmsg = sock.recvmsg
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMPNS", 35), 1)
+        sample_mask = 15           # sample when n & 15 == 0
+    except (OSError, AttributeError):
+        sample_mask = -1           # no kernel timestamps: never sample (n & -1 == n > 0)
+    timespec = struct.Struct("@ll").unpack_from
+    n = 0
+    lag = 0.0
     on_datagram = app.on_datagram
     on_tick = app.on_tick
     clock = time.time
@@ -43,10 +61,17 @@ def run(app, ctx, keep_running, tick=0.01):
     stats = ctx.stats
     next_tick = 0.0
     while keep_running():
+        n += 1
+        anc = None
         try:
-            data, addr = recv(65535)
-        except BlockingIOError:        # SO_RCVTIMEO expired: time to look at the timers
+            if n & sample_mask:
+                data, addr = recv(65535)
+            else:
+                data, anc, _, addr = recvmsg(65535, 64)
+        except BlockingIOError:        # SO_RCVTIMEO expired: time to look at the timers; the queue is empty
             data = None
+            if lag:
+                ctx.lag = lag = 0.0
         except InterruptedError:
             continue
         except OSError as e:
@@ -57,6 +82,11 @@ def run(app, ctx, keep_running, tick=0.01):
             continue
         t0 = perf()
         now = clock()
+        if anc:
+            sec, nsec = timespec(anc[0][2])
+            delay = now - sec - nsec * 1e-9
+            lag += (min(max(delay, 0.0), 60.0) - lag) * 0.25
+            ctx.lag = lag
         if data is not None:
             stats.datagrams += 1
             try:

@@ -61,6 +61,7 @@ def env(tmp_path_factory, request):
     cfg = d / "ftsip.toml"
     cfg.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\ndomain = ["{DOMAIN}"]\nthreads = 2\n'
                    f'mode = "{request.param}"\nworkers = 2\n'
+                   f'[security]\noverload_lag = 0\n'  # functional test: never shed under CI load
                    f'[auth]\nusers = ["{users}"]\n')
     with ServerProcess("--config", str(cfg), timeout=60) as s:
         yield s, vm_port, d

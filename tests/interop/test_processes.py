@@ -21,6 +21,7 @@ def start(tmp_path, n=2, extra=""):
     users = write_users(tmp_path / "users.csv", 2000)
     cfg = tmp_path / "ftsip.toml"
     cfg.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\ndomain = ["example.com"]\nmode = "processes"\nworkers = {n}\n'
+                   f'[security]\noverload_lag = 0\n'  # functional test: never shed under CI load
                    f'[auth]\nusers = ["{users}"]\n{extra}')
     s = ServerProcess("--config", str(cfg), timeout=60)
     return s

@@ -39,6 +39,7 @@ def server(tmp_path_factory, request):
     cfg = d / "ftsip.toml"
     cfg.write_text('[server]\nlisten = ["127.0.0.1:0"]\ndomain = ["example.com", "127.0.0.1"]\nthreads = 2\n'
                    f'mode = "{request.param}"\nworkers = 2\n'
+                   f'[security]\noverload_lag = 0\n'  # functional test: never shed under CI load
                    f'[auth]\nusers = ["{users}"]\nnonce_lifetime = 2\n'
                    '[registrar]\nmin_expires = 60\nmax_expires = 3600\n')
     with ServerProcess("--config", str(cfg), timeout=60) as s:
@@ -119,6 +120,7 @@ def test_bindings_expire_on_time(tmp_path):
     users = write_users(tmp_path / "users.csv", 50)
     cfg = tmp_path / "short.toml"
     cfg.write_text('[server]\nlisten = ["127.0.0.1:0"]\ndomain = ["example.com"]\n'
+                   f'[security]\noverload_lag = 0\n'  # functional test: never shed under CI load
                    f'[auth]\nusers = ["{users}"]\n[registrar]\nmin_expires = 1\n')
     with ServerProcess("--config", str(cfg)) as s:
         rows = [(f"user{i:04d}", "example.com", auth(i), 2 + i % 3, 200, f"<sip:u{i}@127.0.0.1:{40000 + i}>")
