@@ -1,8 +1,10 @@
 """Amortized expiry of registrations: a per-worker queue of (second -> AORs) and a budgeted collector.
 
-Every save files the AOR under the second its binding expires (rounded up). On every tick the worker pops a
-bounded number of due AORs and purges their expired bindings through the table's atomic ``compute``; a binding that
-was refreshed meanwhile is simply found alive (lazy cancellation: no search, no removal from the queue on refresh).
+An AOR is filed under the second its earliest binding expires (rounded up) when it is created or when that
+moment moves earlier; a refresh that only moves it later files nothing. On every tick the worker pops a bounded
+number of due AORs and purges their expired bindings through the table's atomic ``compute``; an AOR found still
+alive (refreshed meanwhile) is filed again under its next expiry. So the queues hold about one entry per AOR, and a
+refresh costs no search and no removal (lazy cancellation).
 The budget grows with the backlog, between ``budget/4`` and ``budget`` AORs a tick, so a registration storm
 (many bindings expiring in the same second) is cleared in a few hundred milliseconds without a long step.
 

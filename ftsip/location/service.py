@@ -68,22 +68,23 @@ class LocationService:
         """Atomically replace the record of ``aor`` with ``fn(old_record_or_None)`` (None deletes). Exceptions
         raised by ``fn`` propagate and leave the record unchanged. Every binding of the new record is filed in the
         worker's expiry queue. Returns the new record (or None)."""
-        delta = [0]
+        box = [0, None]
 
         def apply(old):
             new = fn(old)
-            delta[0] = (0 if new is None else len(new.bindings)) - (0 if old is None else len(old.bindings))
+            box[0] = (0 if new is None else len(new.bindings)) - (0 if old is None else len(old.bindings))
+            box[1] = old
             return new
 
         new = self.table.compute(aor, apply)
-        st.bindings += delta[0]
+        st.bindings += box[0]
         if new is not None and self.gc == "incremental":
-            push = st.queue.push
-            seen = set()
-            for b in new.bindings:
-                if b.expires_at not in seen:
-                    seen.add(b.expires_at)
-                    push(b.expires_at, aor)
+            # one queue entry per AOR at its earliest expiry: a refresh that only moves expiries later files
+            # nothing (the entry already filed fires first, and the collector files the next one then)
+            old = box[1]
+            soonest = new.next_expiry()
+            if old is None or soonest < old.next_expiry():
+                st.queue.push(soonest, aor)
         for listener in self.listeners:
             listener(aor, new)
         return new
@@ -120,8 +121,12 @@ class LocationService:
         if not backlog:
             return 0
         keys = q.pop_due(now, step_budget(backlog, self.gc_budget))
+        get = self.table.get
         for aor in keys:
             self.purge(aor, now, st)
+            rec = get(aor)
+            if rec is not None:                 # refreshed meanwhile: come back at its next expiry
+                q.push(rec.next_expiry(), aor)
         st.examined += len(keys)
         st.steps += 1
         return len(keys)

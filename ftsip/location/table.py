@@ -11,7 +11,9 @@ Layout
     and never moves a bucket; no operation ever rehashes the table.  With ``n`` live buckets, level ``L =
     floor(log2 n)`` and split pointer ``p = n - 2**L``, a key with hash ``h`` lives in bucket ``a = h mod 2**(L+1)``,
     or ``h mod 2**L`` when that is ``>= n``.  Each bucket also records its own *depth* ``d`` (``L`` or ``L+1``; -1
-    when not live): bucket ``a`` owns exactly the hashes with ``h mod 2**d == a``.
+    when not live): bucket ``a`` owns exactly the hashes with ``h mod 2**d == a``.  Here a bucket keeps its entries
+    in a small dict; the twin keeps them in C (two inline entries and an overflow array).  ``hash()`` of a str is
+    randomized per process, so the layout is too; nothing is persisted.
 
 Concurrency (no GIL)
     Every bucket has its own lock (here ``threading.Lock``; a one-byte ``PyMutex`` in the twin) and every operation,
@@ -43,10 +45,12 @@ Concurrency (no GIL)
 Load bounds and hysteresis
     Split while ``entries > max_load * n`` (default 2.0), merge while ``entries < min_load * n`` (default 0.5) and
     ``n > min_buckets`` (default 16); ``min_load <= max_load / 2`` is enforced, so after a split the table is far
-    from the merge bound and it never flaps.  Growth costs one split (a few entries moved) per insert at most
-    ``MAX_STEPS``; the only other growth cost is appending a segment (one 1,024-slot list here, one 16 KiB array in
-    the twin) every 1,024 splits.  Segments are kept when the table shrinks (dead buckets are reused when it grows
-    again): in the twin that retains 16 bytes per dead bucket header, never the entries.
+    from the merge bound and it never flaps.  An insert or delete triggers at most ``MAX_STEPS`` splits or merges,
+    each moving the few entries of one bucket; the only other costs of growth are a new segment (a 1,024-slot list
+    here, a 64 KiB block in the twin, its buckets initialised one split at a time) every 1,024 splits and, rarely, doubling the directory of segment
+    pointers (a few KiB copied).  Segments are kept when the table shrinks and dead buckets are reused when it grows
+    again: in the twin that retains 64 bytes per dead bucket, never the entries.  (Kamailio's usrloc never
+    shrinks at all.)
 
 Iteration that tolerates concurrent splits and merges
     ``items()``/``keys()`` walk the hash space in *reverse-bit order*, as Redis SCAN does.  Let ``rev(x)`` reverse
@@ -91,16 +95,21 @@ def _key_error(key):
 
 
 class _Bucket:
-    __slots__ = ("lock", "depth", "d")
+    __slots__ = ("lock", "depth", "mask", "d")
 
     def __init__(self, depth):
         self.lock = threading.Lock()
-        self.depth = depth                      # -1: not live
         self.d = {} if depth >= 0 else None     # key -> value
+        self._set_depth(depth)
+
+    def _set_depth(self, depth):
+        """-1: not live.  mask is 2**depth - 1 (None when not live): the bucket owns h when h & mask == index."""
+        self.depth = depth
+        self.mask = (1 << depth) - 1 if depth >= 0 else None
 
 
 class _PyTable:
-    __slots__ = ("_n", "_dir", "_counts", "_clocks", "_resize", "_max_load", "_min_load", "_min_buckets",
+    __slots__ = ("_n", "_addr", "_dir", "_counts", "_clocks", "_resize", "_max_load", "_min_load", "_min_buckets",
                  "_splits", "_merges", "__weakref__")
     kind = None
 
@@ -112,7 +121,7 @@ class _PyTable:
             for i in range(start, min(n, start + SEG_SIZE)):
                 seg[i - start] = _Bucket(depth)
             self._dir.append(seg)
-        self._n = n
+        self._publish(n)
         self._counts = [0] * STRIPES
         self._clocks = [threading.Lock() for _ in range(STRIPES)]
         self._resize = threading.Lock()
@@ -123,20 +132,25 @@ class _PyTable:
         self._merges = 0
 
     # -- addressing ------------------------------------------------------------------------------------------------
+    def _publish(self, n):
+        """Set the bucket count; readers use the (n, 2**L - 1, 2**(L+1) - 1) tuple, one attribute read."""
+        top = 1 << (n.bit_length() - 1)
+        self._addr = (n, top - 1, 2 * top - 1)
+        self._n = n
+
     def _acquire(self, h):
         """Lock and return the live bucket that owns hash h (retrying across concurrent splits and merges)."""
         while True:
-            n = self._n
-            top = 1 << (n.bit_length() - 1)
-            a = h & (2 * top - 1)
+            n, low, high = self._addr
+            a = h & high
             if a >= n:
-                a = h & (top - 1)
+                a = h & low
             b = self._dir[a >> SEG_SHIFT][a & SEG_MASK]
             if b is None:       # a segment slot published after n was read: look again
                 continue
             b.lock.acquire()
-            d = b.depth
-            if d >= 0 and h & ((1 << d) - 1) == a:
+            m = b.mask
+            if m is not None and h & m == a:
                 return b
             b.lock.release()
 
@@ -330,8 +344,9 @@ class _PyTable:
             for k in moved:
                 del d[k]
             b2.d = moved
-            b.depth = b2.depth = depth
-            self._n = n + 1
+            b._set_depth(depth)
+            b2._set_depth(depth)
+            self._publish(n + 1)
         self._splits += 1
 
     def _merge(self, n):
@@ -342,9 +357,9 @@ class _PyTable:
         with b.lock, b2.lock:
             b.d.update(b2.d)
             b2.d = None
-            b2.depth = -1
-            b.depth = top.bit_length() - 1
-            self._n = last
+            b2._set_depth(-1)
+            b._set_depth(top.bit_length() - 1)
+            self._publish(last)
         self._merges += 1
 
     # -- introspection ---------------------------------------------------------------------------------------------
