@@ -25,6 +25,7 @@ import hashlib
 import threading
 
 from ftsip.proxy.responses import best, challenges
+from ftsip.timers import TimerWheel
 from ftsip.sip import make_response, received_via, response_target, to_tag_for
 from ftsip.transaction import (TERMINATED, InviteClientTransaction, InviteServerTransaction, MAGIC,
                                NonInviteClientTransaction, NonInviteServerTransaction, server_key)
@@ -63,7 +64,7 @@ class Call:
 
     __slots__ = ("lock", "req", "st", "edit_base", "groups", "next_group", "branches", "responses", "final_sent",
                  "cancelled", "no_answer", "tried_voicemail", "voicemail", "ring_timer", "pop_routes", "routes",
-                 "strict", "proxy", "__weakref__")
+                 "strict", "proxy", "live", "__weakref__")
 
     def __init__(self, proxy, req):
         self.lock = threading.Lock()
@@ -83,6 +84,12 @@ class Call:
         self.pop_routes = 0
         self.routes = ()
         self.strict = False
+        self.live = 0                # transactions of this call not yet terminated
+
+    def own(self, txn):
+        """Count a transaction whose user this call is (see on_terminated)."""
+        self.live += 1
+        return txn
 
     # transaction-user callbacks (called with self.lock held)
     def on_response(self, ct, resp, now, ctx):
@@ -92,7 +99,19 @@ class Call:
         self.proxy.branch_timeout(self, ct, now, ctx)
 
     def on_terminated(self, txn):
-        pass
+        """When the last transaction of the call ends, let go of everything: the call and its transactions refer
+        to each other, and a cycle would wait for the cyclic GC, which stops every thread on 3.13t."""
+        self.live -= 1
+        if self.live <= 0:
+            for ct in self.branches:
+                ct.tu = None
+                ct.user = None
+            self.branches = []
+            if self.st is not None:
+                self.st.tu = None
+            self.st = None
+            self.responses = []
+            self.groups = []
 
     def pending(self):
         return [ct for ct in self.branches if ct.user.final == 0 and ct.method != "CANCEL"]
@@ -310,6 +329,7 @@ class Proxy:
         cls = InviteServerTransaction if invite else NonInviteServerTransaction
         st = cls(server_key(req), req, response_target(top if top is not None else via), app.txns, app.timers,
                  tu=call, lock=call.lock, top_via=top.raw if top is not None else None)
+        call.own(st)
         with call.lock:
             existing = app.txns.add(st)
             if existing is not st:          # the same request arrived on two threads at once
@@ -374,6 +394,7 @@ class Proxy:
                                          ack_info)
         else:
             ct = NonInviteClientTransaction(data, branch, method, dest, app.txns, app.timers, call, call.lock)
+        call.own(ct)
         ct.user = Branch(target, voicemail)
         ct.ack_info = ct.ack_info or (target.uri, via, req.get("from"), req.call_id, req.cseq.num, routes)
         app.txns.add(ct)
@@ -410,7 +431,7 @@ class Proxy:
                 if br.timer_c is not None and br.cancel is None:
                     # Timer C restarts on each provisional response but 100 (§16.7 step 2); once a CANCEL is out,
                     # its own deadline stands
-                    br.timer_c[3] = False
+                    TimerWheel.cancel(br.timer_c)
                     br.timer_c = ctx.wheel.schedule(now + self.cfg.proxy.timer_c, self._timer_c, (call, ct, ctx))
                 if not call.final_sent:
                     st.respond(self.upstream(resp, call).to_bytes(), status, now, ctx)
@@ -555,6 +576,7 @@ class Proxy:
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         cancel = NonInviteClientTransaction(data, ct.branch, "CANCEL", ct.dest, self.app.txns, self.app.timers,
                                             call, call.lock)
+        call.own(cancel)
         cancel.user = br
         br.cancel = cancel
         self.app.txns.add(cancel)
@@ -570,8 +592,9 @@ class Proxy:
         call, ct, ctx = arg
         with call.lock:
             br = ct.user
-            if br.timer_c is None or br.timer_c[2] is not arg:
-                return              # stopped or restarted meanwhile (it fired on another worker as it was replaced)
+            if br is None or br.timer_c is None or br.timer_c[3]:
+                # stopped, or restarted meanwhile (the firing entry is already dead; a replacement is still alive)
+                return
             br.timer_c = None
             if br.final or ct.state is TERMINATED:
                 return
@@ -602,13 +625,13 @@ class Proxy:
     @staticmethod
     def _stop_timer_c(br):
         if br.timer_c is not None:
-            br.timer_c[3] = False
+            TimerWheel.cancel(br.timer_c)
             br.timer_c = None
 
     @staticmethod
     def _stop_ring(call):
         if call.ring_timer is not None:
-            call.ring_timer[3] = False
+            TimerWheel.cancel(call.ring_timer)
             call.ring_timer = None
 
     # ------------------------------------------------------------------ stateless parts

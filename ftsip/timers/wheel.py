@@ -3,8 +3,8 @@
 ``schedule(when, fn, arg)`` files an entry in the slot of its deadline; ``advance(now)`` walks the slots whose time
 has come and calls ``fn(arg, now)`` for each due entry (at most one resolution early: deadlines are rounded to
 ticks). Entries further away than one revolution stay in their slot
-until their turn comes round. Cancelling is lazy: ``cancel(handle)`` marks the entry dead and it is dropped when its
-slot is next walked, so cancel is O(1) and nothing is searched.
+until their turn comes round. Cancelling is lazy: ``cancel(handle)`` marks the entry dead (and drops what it refers to) and
+the empty entry is dropped when its slot is next walked, so cancel is O(1) and nothing is searched.
 """
 
 ALIVE = 3
@@ -35,8 +35,12 @@ class TimerWheel:
 
     @staticmethod
     def cancel(handle):
+        """Cancel an entry: O(1), and it lets go of its callback and argument at once (the empty entry waits for
+        its slot to be walked; what it referred to - a transaction, a whole call - is freed now, not when the
+        deadline would have come, which is 3 minutes for Timer C)."""
         if handle is not None:
             handle[ALIVE] = False
+            handle[1] = handle[2] = None
 
     def advance(self, now):
         """Fire every live entry due at ``now``; returns how many fired."""
@@ -65,10 +69,12 @@ class TimerWheel:
             slots[tick & mask] = keep
             for entry in due:
                 self.count -= 1
-                if entry[ALIVE]:
+                fn, arg = entry[1], entry[2]
+                if entry[ALIVE] and fn is not None:    # (another thread may cancel it meanwhile)
                     entry[ALIVE] = False
+                    entry[1] = entry[2] = None
                     fired += 1
-                    entry[1](entry[2], now)
+                    fn(arg, now)
         self.cursor = end + 1
         self.fired += fired
         return fired

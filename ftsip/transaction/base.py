@@ -8,6 +8,8 @@ terminated ignores its late timers.
 """
 import threading
 
+from ftsip.timers import TimerWheel
+
 MAGIC = "z9hG4bK"
 
 # states (strings keep logs and tests readable; compared by identity in hot paths is not needed)
@@ -91,11 +93,12 @@ class Transaction:
         return ctx.wheel.schedule(now + delay, _fire, (self, kind, ctx))
 
     def _cancel_timers(self):
+        cancel = TimerWheel.cancel
         if self.h_retx is not None:
-            self.h_retx[3] = False
+            cancel(self.h_retx)
             self.h_retx = None
         if self.h_timeout is not None:
-            self.h_timeout[3] = False
+            cancel(self.h_timeout)
             self.h_timeout = None
 
     def terminate(self):
