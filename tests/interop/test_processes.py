@@ -39,7 +39,8 @@ def test_registrations_shared_across_processes(tmp_path):
         assert len(worker_pids(s)) == 2
         inf = tmp_path / "u.csv"
         inf.write_text("SEQUENTIAL\n" + "".join(
-            f"user{i:04d};example.com;[authentication username=user{i:04d} password=pw{i:04d}];600\n"
+            f"user{i:04d};example.com;[authentication username=user{i:04d} password=pw{i:04d}];600;"
+            f"127.0.0.1:{30000 + i}\n"
             for i in range(300)))
         rc, out = sipp("register.xml", s.addr, "-m", "300", "-r", "200", "-t", "un", "-max_socket", "50",
                        inf=inf, cwd=tmp_path)

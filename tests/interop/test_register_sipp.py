@@ -48,7 +48,8 @@ def server(tmp_path_factory, request):
 
 def test_many_users_over_many_sockets(server, tmp_path):
     n = 2000
-    inf = inject(tmp_path / "u.csv", [(f"user{i:04d}", "example.com", auth(i), 600) for i in range(n)])
+    inf = inject(tmp_path / "u.csv", [(f"user{i:04d}", "example.com", auth(i), 600, f"127.0.0.1:{30000 + i}")
+                                      for i in range(n)])
     rc, out = sipp("register.xml", server.addr, "-m", str(n), "-r", "400", "-t", "un", "-max_socket", "100",
                    "-timeout", "60", inf=inf, cwd=tmp_path)
     assert sipp_counts(out) == (n, 0), out[-3000:]

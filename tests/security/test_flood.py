@@ -20,7 +20,8 @@ def inject(path, first, n, expires=600):
     with open(path, "w") as f:
         f.write("SEQUENTIAL\n")
         for i in range(first, first + n):
-            f.write(f"user{i:04d};{DOMAIN};[authentication username=user{i:04d} password=pw{i:04d}];{expires}\n")
+            f.write(f"user{i:04d};{DOMAIN};[authentication username=user{i:04d} password=pw{i:04d}];{expires};"
+                    f"127.0.0.1:{20000 + i}\n")
     return str(path)
 
 
