@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ftsip.dicts import get as dget
+
 from .digest import canonical_algorithm, challenge_headers, hash_hex, verify
 from .nonce import NonceStatus
 
@@ -105,9 +107,9 @@ class Authenticator:
             if cred.scheme.lower() != "digest":
                 continue
             params = cred.params
-            if params.get("realm") != realm:
+            if dget(params, "realm") != realm:
                 continue
-            if canonical_algorithm(params.get("algorithm")) in self.algorithms:
+            if canonical_algorithm(dget(params, "algorithm")) in self.algorithms:
                 return params
             if fallback is None:
                 fallback = params
@@ -121,14 +123,14 @@ class Authenticator:
         params = self._pick(credentials_list, realm)
         if params is None:
             return _UNKNOWN_REALM
-        algorithm = canonical_algorithm(params.get("algorithm"))
-        username = params.get("username")
+        algorithm = canonical_algorithm(dget(params, "algorithm"))
+        username = dget(params, "username")
         if algorithm not in self.algorithms:
             return AuthResult(False, username, False, "bad-algorithm", algorithm)
-        nonce = params.get("nonce")
-        if not username or not nonce or params.get("uri") is None or not params.get("response"):
+        nonce = dget(params, "nonce")
+        if not username or not nonce or dget(params, "uri") is None or not dget(params, "response"):
             return AuthResult(False, username, False, "malformed", algorithm)
-        qop = params.get("qop")
+        qop = dget(params, "qop")
         nc_value = None
         if qop is None:
             if self.qop:
@@ -136,18 +138,18 @@ class Authenticator:
         else:
             if qop.lower() != "auth":
                 return AuthResult(False, username, False, "bad-qop", algorithm)
-            nc = params.get("nc", "")
-            if len(nc) != 8 or not params.get("cnonce") or nc.strip(_HEX):
+            nc = dget(params, "nc", "")
+            if len(nc) != 8 or not dget(params, "cnonce") or nc.strip(_HEX):
                 return AuthResult(False, username, False, "malformed", algorithm)
             nc_value = int(nc, 16)
-        if algorithm.endswith("-sess") and not params.get("cnonce"):
+        if algorithm.endswith("-sess") and not dget(params, "cnonce"):
             return AuthResult(False, username, False, "malformed", algorithm)
-        if self.opaque is not None and params.get("opaque") != self.opaque:
+        if self.opaque is not None and dget(params, "opaque") != self.opaque:
             return AuthResult(False, username, False, "malformed", algorithm)
         status = self.nonces.check(nonce, now, realm)
         if status is NonceStatus.INVALID:
             return AuthResult(False, username, False, "bad-nonce", algorithm)
-        if self.check_uri and params.get("uri") != request_uri:
+        if self.check_uri and dget(params, "uri") != request_uri:
             return AuthResult(False, username, False, "uri-mismatch", algorithm)
 
         base = "SHA-256" if algorithm.startswith("SHA-256") else "MD5"
@@ -157,7 +159,7 @@ class Authenticator:
             reason = "unknown-user"
         elif not user.enabled:
             reason = "disabled-user"
-        ha1 = user.ha1.get(base) if user is not None else None
+        ha1 = dget(user.ha1, base) if user is not None else None
         if ha1 is None and reason is None:
             reason = "no-ha1"
         if reason is not None:

@@ -18,6 +18,8 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 
+from ftsip.dicts import get as dget
+
 __all__ = [
     "ALGORITHMS",
     "BASE_ALGORITHMS",
@@ -56,7 +58,7 @@ def canonical_algorithm(name: str | None) -> str | None:
     """The canonical spelling of an algorithm token, ``"MD5"`` for None/empty, None when unsupported."""
     if not name:
         return "MD5"
-    return _BY_LOWER.get(name.lower())
+    return dget(_BY_LOWER, name.lower())
 
 
 def _spec(algorithm: str | None):
@@ -92,17 +94,17 @@ def response(params: Mapping[str, str], method: str, ha1_hex: str, algorithm: st
     a qop other than ``auth``, or a missing parameter the computation needs.
     """
     if algorithm is None:
-        algorithm = params.get("algorithm")
+        algorithm = dget(params, "algorithm")
     canon = canonical_algorithm(algorithm)
     if canon is None:
         return None
     hfun, sess, _base = _ALGS[canon]
-    nonce = params.get("nonce")
-    uri = params.get("uri")
+    nonce = dget(params, "nonce")
+    uri = dget(params, "uri")
     if nonce is None or uri is None:
         return None
-    qop = params.get("qop")
-    cnonce = params.get("cnonce")
+    qop = dget(params, "qop")
+    cnonce = dget(params, "cnonce")
     h1 = ha1_hex.lower()
     if sess:
         if not cnonce:
@@ -114,7 +116,7 @@ def response(params: Mapping[str, str], method: str, ha1_hex: str, algorithm: st
     elif qop.lower() != "auth":  # auth-int, empty, or garbage
         return None
     else:
-        nc = params.get("nc")
+        nc = dget(params, "nc")
         if not nc or not cnonce:
             return None
         # The qop value as the client sent it is what it hashed (RFC 7616 §3.4.1 uses unq(qop)).
@@ -131,7 +133,7 @@ def verify(credentials_params: Mapping[str, str], method: str, ha1: str, algorit
     The comparison is constant-time (``hmac.compare_digest``) and case-insensitive on the hex digits.
     Never raises on hostile input: anything malformed simply fails.
     """
-    got = credentials_params.get("response")
+    got = dget(credentials_params, "response")
     if not got:
         return False
     try:

@@ -25,6 +25,8 @@ import struct
 import threading
 from collections import OrderedDict
 
+from ftsip.dicts import get as dget
+
 __all__ = ["NonceCounter", "NonceFactory", "NonceStatus"]
 
 _TAG = b"ftsip-nonce-v1\x00"
@@ -166,7 +168,7 @@ class NonceCounter:
                 if first[1] >= horizon:
                     break
                 entries.popitem(last=False)
-            entry = entries.get(nonce)
+            entry = dget(entries, nonce)
             if entry is None:
                 if len(entries) >= self._per_shard:
                     entries.popitem(last=False)

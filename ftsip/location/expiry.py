@@ -12,6 +12,8 @@ The paper's baseline, a full sweep of the whole table every N seconds, is ``Loca
 Lookups never depend on either: they filter expired bindings themselves.
 """
 
+from ftsip.dicts import get as dget
+
 
 class ExpiryQueue:
     """Seconds -> list of AORs, owned by one worker (no lock)."""
@@ -29,7 +31,7 @@ class ExpiryQueue:
             sec += 1
         if sec < self.cursor:
             sec = self.cursor
-        b = self.buckets.get(sec)
+        b = dget(self.buckets, sec)
         if b is None:
             self.buckets[sec] = [aor]
         else:
@@ -41,7 +43,7 @@ class ExpiryQueue:
         n = 0
         limit = int(now)
         for sec in range(self.cursor, limit + 1):
-            b = self.buckets.get(sec)
+            b = dget(self.buckets, sec)
             if b:
                 n += len(b)
         return n
@@ -52,7 +54,7 @@ class ExpiryQueue:
         limit = int(now)
         buckets = self.buckets
         while self.cursor <= limit and len(out) < budget:
-            b = buckets.get(self.cursor)
+            b = dget(buckets, self.cursor)
             if not b:
                 buckets.pop(self.cursor, None)
                 self.cursor += 1

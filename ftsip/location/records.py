@@ -4,6 +4,8 @@ Both are immutable: a registration builds a new ``Record`` and swaps it in with 
 lookups read a consistent snapshot without taking any lock.
 """
 
+from ftsip.dicts import get as dget
+
 
 class LocationStoreError(Exception):
     """The location store refused a change and left everything as it was (e.g. a full shared-memory segment); the
@@ -104,7 +106,7 @@ def uri_key(uri):
     p = uri.params
     extra = ""
     for name in ("transport", "user", "ttl", "method", "maddr"):
-        v = p.get(name)
+        v = dget(p, name)
         if v is not None:
             extra += f";{name}={v.lower()}"
     port = "" if uri.port is None else f":{uri.port}"

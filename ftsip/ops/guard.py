@@ -63,6 +63,7 @@ import threading
 from collections import OrderedDict
 
 from ftsip.ops import log as oplog
+from ftsip.dicts import get as dget
 
 __all__ = ["Guard", "SHARDS", "SOURCE_FACTOR", "PIKE_WINDOW"]
 
@@ -184,10 +185,10 @@ class Guard:
         # the same source at the same instant): the estimate can only come out a little low, never too high.
         bans = sh.bans
         if bans:
-            until = bans.get(key)
+            until = dget(bans, key)
             if until is not None and now < until:
                 return False
-        e = sh.rates.get(key)
+        e = dget(sh.rates, key)
         if e is not None:
             el = now - e[0]
             if 0.0 <= el < 1.0:                       # PIKE_WINDOW
@@ -202,13 +203,13 @@ class Guard:
         rate = p.pike_rate
         with sh.lock:
             bans = sh.bans
-            until = bans.get(key)
+            until = dget(bans, key)
             if until is not None:
                 if now < until:
                     return False
                 del bans[key]
             rates = sh.rates
-            e = rates.get(key)
+            e = dget(rates, key)
             if e is None:
                 self._make_room(sh, rates, self.cap_rates, now - 2 * PIKE_WINDOW)
                 rates[key] = [now, 1, 0]
@@ -245,7 +246,7 @@ class Guard:
         limit = p.overload_lag
         if limit:
             # per worker: [lag above the limit since (0: it is not), last shed]; only that worker writes its entry
-            st = self._load.get(ctx.wid)
+            st = dget(self._load, ctx.wid)
             if ctx.lag > limit:
                 if st is None:
                     st = self._load[ctx.wid] = [now, -1e18]
@@ -286,9 +287,9 @@ class Guard:
         blocks = self._shards[hash(key) & self._mask].blocks
         if not blocks:                  # no lock: reads only (expired entries are pruned when blocks are added)
             return None
-        until = blocks.get(key) or 0.0
+        until = dget(blocks, key) or 0.0
         if username is not None:
-            until = max(until, blocks.get((username[:USER_KEY_LEN], key)) or 0.0)
+            until = max(until, dget(blocks, (username[:USER_KEY_LEN], key)) or 0.0)
         if until <= now:
             return None
         return p.fail_status, p.fail_reason, (f"Retry-After: {max(1, math.ceil(until - now))}",)
@@ -348,7 +349,7 @@ class Guard:
             del table[k]
 
     def _bump(self, sh, table, key, now, window):
-        e = table.get(key)
+        e = dget(table, key)
         if e is None:
             self._make_room(sh, table, self.cap_fails, now - window)
             e = table[key] = [now, 0]

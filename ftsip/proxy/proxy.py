@@ -24,9 +24,10 @@ time while different calls run in parallel. What happens, in RFC order:
 import hashlib
 import threading
 
+from ftsip.dicts import get as dget
 from ftsip.proxy.responses import best, challenges
-from ftsip.timers import TimerWheel
 from ftsip.sip import make_response, received_via, response_target, to_tag_for
+from ftsip.timers import TimerWheel
 from ftsip.transaction import (TERMINATED, InviteClientTransaction, InviteServerTransaction, MAGIC,
                                NonInviteClientTransaction, NonInviteServerTransaction, server_key)
 
@@ -122,7 +123,7 @@ def _hostport(host, port):
 
 
 def _uri_dest(uri):
-    host = uri.params.get("maddr") or uri.host
+    host = dget(uri.params, "maddr") or uri.host
     if host[:1] == "[":
         host = host[1:-1]
     return host, (uri.port or (5061 if uri.scheme == "sips" else 5060))

@@ -1,5 +1,7 @@
 """Choosing the response a forking proxy sends upstream (RFC 3261 §16.7 step 6) and merging challenges (step 7)."""
 
+from ftsip.dicts import get as dget
+
 # within a class, the responses that help the caller most come first
 _PREFERRED = {401: 0, 407: 0, 415: 1, 420: 1, 484: 1, 486: 2, 480: 3, 404: 4, 487: 5, 408: 6}
 
@@ -8,7 +10,7 @@ def rank(status):
     """Smaller is better: any 6xx, then 3xx < 4xx < 5xx, then the preferences above, then the code."""
     if status >= 600:
         return (0, 0, status)
-    return (status // 100, _PREFERRED.get(status, 9), status)
+    return (status // 100, dget(_PREFERRED, status, 9), status)
 
 
 def best(responses):

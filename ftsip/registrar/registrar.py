@@ -10,6 +10,7 @@ import logging
 from ftsip.location.records import Binding, LocationStoreError, Record, uri_key
 from ftsip.ops import log as oplog
 from ftsip.sip import unescape
+from ftsip.dicts import get as dget
 
 SUPPORTED = frozenset(("path",))
 
@@ -111,8 +112,8 @@ class Registrar:
                     e = reg.max_expires
                 if e and reg.expires_jitter and self.rng is not None:
                     e = max(reg.min_expires, e - self.rng.randint(0, e * reg.expires_jitter // 100), 1)
-                instance = c.params.get("+sip.instance")
-                reg_id = c.params.get("reg-id")
+                instance = dget(c.params, "+sip.instance")
+                reg_id = dget(c.params, "reg-id")
                 key = f"instance:{instance}:{reg_id}" if instance else uri_key(c.uri)
                 q = c.q
                 items.append((key, c.uri.raw, e, 1.0 if q is None else q, instance, reg_id))

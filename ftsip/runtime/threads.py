@@ -31,8 +31,9 @@ class ThreadServer:
         self.port = None
 
     def start(self, before_start=None):
-        """Bind the sockets, attach a context per worker, call ``before_start(contexts)`` (restores state before
-        any datagram is handled), then start the threads."""
+        """Bind the sockets; start the workers, each building its own copy of the core and its context; call
+        ``before_start(contexts)`` once all are ready (it restores state before any datagram is handled); then
+        let them run."""
         cfg = self.cfg.server
         host, port = split_hostport(cfg.listen[0], 5060)
         n = cfg.threads or default_threads()
@@ -44,23 +45,47 @@ class ThreadServer:
         self.host, self.port = host, port
         adv_host, adv_port = (split_hostport(cfg.advertise, port) if cfg.advertise else (host, port))
         self.app.bind(adv_host, adv_port)
+        self.running = True
+        contexts = [None] * n
+        ready = threading.Barrier(n + 1)
+        go = threading.Event()
+
+        def work(i, sock):
+            # Each worker builds its own core, context and counters, so that it owns them (free-threaded CPython:
+            # see App.for_worker); only the shared stores are touched by several threads.
+            try:
+                now = time.time()
+                core = self.app.for_worker()
+                ctx = worker.Context(i, sock, self.stats.new_worker(i), adv_host, adv_port, now, cfg.tick)
+                core.attach(ctx, now)
+                contexts[i] = ctx
+            except BaseException:
+                log.exception("worker %d could not start", i)
+                ready.abort()
+                raise
+            ready.wait()
+            go.wait()
+            if self.running:
+                worker.run(core, ctx, self._keep_running, cfg.tick)
+
+        for i, sock in enumerate(self.sockets):
+            t = threading.Thread(target=work, args=(i, sock), name=f"worker-{i}", daemon=True)
+            self.threads.append(t)
+            t.start()
+        try:
+            ready.wait(30)
+        except threading.BrokenBarrierError:
+            self.running = False
+            go.set()
+            raise RuntimeError("a worker thread could not start (see the log above)") from None
+        try:
+            if before_start is not None:
+                before_start(contexts)     # e.g. restore registrations, before any datagram is handled
+        finally:
+            go.set()
         log.info("listening on udp %s with %d worker thread(s) (SO_REUSEPORT), SO_RCVBUF granted %d bytes "
                  "(asked %d), GIL %s", _fmt(host, port), n, granted, cfg.rcvbuf,
                  "enabled" if _gil_enabled() else "disabled")
-        self.running = True
-        now = time.time()
-        contexts = []
-        for i, sock in enumerate(self.sockets):
-            ctx = worker.Context(i, sock, self.stats.new_worker(i), adv_host, adv_port, now, cfg.tick)
-            self.app.attach(ctx, now)
-            contexts.append(ctx)
-        if before_start is not None:
-            before_start(contexts)
-        for i, ctx in enumerate(contexts):
-            t = threading.Thread(target=worker.run, args=(self.app, ctx, self._keep_running, cfg.tick),
-                                 name=f"worker-{i}", daemon=True)
-            self.threads.append(t)
-            t.start()
         return self
 
     def _keep_running(self):

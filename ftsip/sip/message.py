@@ -10,6 +10,7 @@ import hashlib
 from ftsip.sip import backend
 from ftsip.sip.errors import SipParseError
 from ftsip.sip.model import Via
+from ftsip.dicts import get as dget
 
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
@@ -86,7 +87,7 @@ def make_response(request, status, reason=None, to_tag=None, headers=(), body=""
     """Build the bytes of a response to ``request`` (RFC 3261 §8.2.6): Via, From, To, Call-ID and CSeq copied, a To
     tag added to a non-100 response when the request has none (``to_tag`` or a derived one), ``headers`` (strings
     'Name: value') appended. ``top_via`` replaces the first Via value (the request's Via with received/rport)."""
-    lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}"]
+    lines = [f"SIP/2.0 {status} {reason or dget(REASONS, status, 'Unknown')}"]
     via_done = top_via is None
     for key, name, value, raw in request.headers:
         if key == "via":

@@ -133,24 +133,29 @@ class Via:
 
     @property
     def branch(self):
-        return self.params.get("branch")
+        p = self.params
+        return p["branch"] if "branch" in p else None      # not .get(): see ftsip/dicts.py
 
     @property
     def received(self):
-        return self.params.get("received")
+        p = self.params
+        return p["received"] if "received" in p else None      # not .get(): see ftsip/dicts.py
 
     @property
     def rport(self):
         """None when absent, '' when present without a value, else the value."""
-        return self.params.get("rport")
+        p = self.params
+        return p["rport"] if "rport" in p else None      # not .get(): see ftsip/dicts.py
 
     @property
     def maddr(self):
-        return self.params.get("maddr")
+        p = self.params
+        return p["maddr"] if "maddr" in p else None      # not .get(): see ftsip/dicts.py
 
     @property
     def ttl(self):
-        return self.params.get("ttl")
+        p = self.params
+        return p["ttl"] if "ttl" in p else None      # not .get(): see ftsip/dicts.py
 
     @property
     def sent_by(self):
@@ -200,12 +205,14 @@ class NameAddr:
 
     @property
     def tag(self):
-        return self.params.get("tag")
+        p = self.params
+        return p["tag"] if "tag" in p else None      # not .get(): see ftsip/dicts.py
 
     @property
     def expires(self):
         """The expires parameter as an int (saturated at 2**32-1), None when absent; 400 when not a number."""
-        v = self.params.get("expires")
+        p = self.params
+        v = p["expires"] if "expires" in p else None
         if v is None:
             return None
         return parse_delta(v, "Contact expires parameter")
@@ -213,7 +220,8 @@ class NameAddr:
     @property
     def q(self):
         """The q parameter as a float in [0, 1], None when absent; 400 when malformed."""
-        v = self.params.get("q")
+        p = self.params
+        v = p["q"] if "q" in p else None
         if v is None:
             return None
         try:

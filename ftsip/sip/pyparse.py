@@ -56,7 +56,7 @@ def _err(reason, status=400):
 def header_key(name):
     """Lower-case long name for a header field name (compact forms expanded)."""
     k = name.lower()
-    return COMPACT.get(k, k)
+    return COMPACT[k] if k in COMPACT else k
 
 
 def _is_token(s):
