@@ -127,7 +127,7 @@ class App:
         reconfigure = getattr(self.guard, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(config)
-        self.generation += 1            # worker copies pick it up on their next tick
+        self.generation += 1            # worker copies pick it up before their next datagram
 
     @staticmethod
     def user_of(uri):
@@ -149,14 +149,14 @@ class App:
         ctx.state = WorkerState(self.location.local_state(now))
 
     def on_tick(self, now, ctx):
-        parent = self.parent
-        if parent is not None and parent.generation != self.generation:
-            self._derive()
         ctx.wheel.advance(now)
         self.location.tick(now, ctx.state.loc, ctx.wid)
 
     # ---- the datagram path
     def on_datagram(self, data, addr, now, ctx):
+        parent = self.parent
+        if parent is not None and parent.generation != self.generation:
+            self._derive()            # a reload (SIGHUP) applies from the next datagram on
         if not self.guard.allow_datagram(addr, now):
             ctx.stats.inc("drops.banned")
             return
