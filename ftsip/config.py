@@ -222,17 +222,17 @@ SCHEMA = {
 
 
 class Section:
-    """A read-only view of one config section."""
+    """A read-only view of one config section. The values are plain instance attributes (read on every request:
+    no ``__getattr__`` detour)."""
 
     def __init__(self, name, values):
-        self.__dict__["_name"] = name
-        self.__dict__["_values"] = MappingProxyType(dict(values))
+        d = self.__dict__
+        d.update(values)
+        d["_name"] = name
+        d["_values"] = MappingProxyType(dict(values))
 
-    def __getattr__(self, key):
-        try:
-            return self._values[key]
-        except KeyError:
-            raise AttributeError(f"config section [{self._name}] has no key {key!r}") from None
+    def __getattr__(self, key):       # only reached for a key that does not exist
+        raise AttributeError(f"config section [{self._name}] has no key {key!r}")
 
     def __setattr__(self, key, value):
         raise AttributeError("config is read-only")

@@ -45,18 +45,36 @@ def parse(data, backend_module=None, *, backend=None):
 def received_via(via, src_host, src_port):
     """RFC 3261 §18.2.1 and RFC 3581: the top Via with ``received``/``rport`` filled in for a request that came
     from (src_host, src_port), or None when nothing needs to change."""
-    rport = via.rport
+    params = via.params
+    rport = params["rport"] if "rport" in params else None
     host = via.host
     if host[:1] == "[":
         host = host[1:-1]
-    changes = {}
-    if rport is not None or host != src_host.lower():
-        changes["received"] = src_host
+    if rport is None and host == src_host.lower():
+        return None
+    raw = via.raw
+    if "received" not in params and (rport is None or (rport == "" and _bare_rport(raw))):
+        # the usual case, edited as text: ";rport" -> ";rport=PORT", then ";received=HOST" (order as with_params)
+        new = dict(params)
+        if rport is not None:
+            new["rport"] = str(src_port)
+            i = _bare_rport(raw)
+            raw = raw[:i] + "=" + new["rport"] + raw[i:]
+        new["received"] = src_host
+        return Via(via.protocol, via.transport, via.host, via.port, new, raw + ";received=" + src_host)
+    changes = {"received": src_host}
     if rport is not None:
         changes["rport"] = str(src_port)
-    if not changes:
-        return None
     return via.with_params(**changes)
+
+
+def _bare_rport(raw):
+    """The index just after the one ``;rport`` flag (no value, no spaces) in a Via value, else 0."""
+    i = raw.find(";rport")
+    if i < 0 or raw.find(";rport", i + 6) >= 0:
+        return 0
+    j = i + 6
+    return j if j == len(raw) or raw[j] == ";" else 0
 
 
 def response_target(via, default_port=5060):

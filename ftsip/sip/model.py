@@ -304,6 +304,42 @@ LIST_HEADERS = frozenset((
 ))
 
 
+# what the cached accessors compute, once per message: compute(msg, arg)
+def _max_forwards(msg, _):
+    v = msg.get("max-forwards")
+    if v is None:
+        return None
+    v = v.strip()
+    if not v.isdigit() or not v.isascii() or len(v) > 10 or int(v) > 255:   # 0068 is fine
+        raise SipParseError("Bad Max-Forwards")
+    return int(v)
+
+
+def _delta_header(msg, arg):
+    key, what = arg
+    v = msg.get(key)
+    return None if v is None else parse_delta(v, what)
+
+
+def _name_addrs(msg, arg):
+    key, kind = arg
+    out = []
+    p = msg._p
+    for h in msg.headers:
+        if h[0] == key:
+            out.extend(p.parse_name_addrs(h[2], kind))
+    return out
+
+
+def _credentials(msg, key):
+    p = msg._p
+    return [p.parse_credentials(h[2]) for h in msg.headers if h[0] == key]
+
+
+def _tokens(msg, key):
+    return [t.lower() for t in msg.get_all(key) if t]
+
+
 class Message:
     """Common part of Request and Response. ``headers`` is a list of ``(key, raw_name, value, raw_line)``."""
 
@@ -335,15 +371,15 @@ class Message:
                 n += 1
         return n
 
-    def _cached(self, name, compute):
+    def _cached(self, name, compute, arg=None):
+        """``compute(self, arg)`` once per message (module-level functions: no closure built per access)."""
         c = self._cache
         if c is None:
             c = self._cache = {}
-        try:
+        elif name in c:
             return c[name]
-        except KeyError:
-            v = c[name] = compute()
-            return v
+        v = c[name] = compute(self, arg)
+        return v
 
     @property
     def vias(self):
@@ -398,87 +434,52 @@ class Message:
 
     @property
     def max_forwards(self):
-        def compute():
-            v = self.get("max-forwards")
-            if v is None:
-                return None
-            v = v.strip()
-            if not v.isdigit() or not v.isascii() or len(v) > 10 or int(v) > 255:   # 0068 is fine
-                raise SipParseError("Bad Max-Forwards")
-            return int(v)
-        return self._cached("max-forwards", compute)
+        return self._cached("max-forwards", _max_forwards)
 
     @property
     def content_length(self):
-        def compute():
-            v = self.get("content-length")
-            return None if v is None else parse_delta(v, "Content-Length")
-        return self._cached("content-length", compute)
+        return self._cached("content-length", _delta_header, ("content-length", "Content-Length"))
 
     @property
     def expires(self):
-        def compute():
-            v = self.get("expires")
-            return None if v is None else parse_delta(v, "Expires")
-        return self._cached("expires", compute)
-
-    def _name_addr_list(self, key, kind=1):
-        def compute():
-            out = []
-            p = self._p
-            for h in self.headers:
-                if h[0] == key:
-                    out.extend(p.parse_name_addrs(h[2], kind))
-            return out
-        return self._cached(key, compute)
+        return self._cached("expires", _delta_header, ("expires", "Expires"))
 
     @property
     def contacts(self):
         """Contact values; a ``*`` is a NameAddr whose ``star`` is True."""
-        return self._name_addr_list("contact", 2)
+        return self._cached("contact", _name_addrs, ("contact", 2))
 
     @property
     def routes(self):
-        return self._name_addr_list("route")
+        return self._cached("route", _name_addrs, ("route", 1))
 
     @property
     def record_routes(self):
-        return self._name_addr_list("record-route")
+        return self._cached("record-route", _name_addrs, ("record-route", 1))
 
     @property
     def paths(self):
-        return self._name_addr_list("path")
-
-    def _credentials(self, key):
-        def compute():
-            p = self._p
-            return [p.parse_credentials(h[2]) for h in self.headers if h[0] == key]
-        return self._cached(key, compute)
+        return self._cached("path", _name_addrs, ("path", 1))
 
     @property
     def authorization(self):
-        return self._credentials("authorization")
+        return self._cached("authorization", _credentials, "authorization")
 
     @property
     def proxy_authorization(self):
-        return self._credentials("proxy-authorization")
-
-    def _tokens(self, key):
-        def compute():
-            return [t.lower() for t in self.get_all(key) if t]
-        return self._cached(key, compute)
+        return self._cached("proxy-authorization", _credentials, "proxy-authorization")
 
     @property
     def require(self):
-        return self._tokens("require")
+        return self._cached("require", _tokens, "require")
 
     @property
     def proxy_require(self):
-        return self._tokens("proxy-require")
+        return self._cached("proxy-require", _tokens, "proxy-require")
 
     @property
     def supported(self):
-        return self._tokens("supported")
+        return self._cached("supported", _tokens, "supported")
 
     @property
     def user_agent(self):
