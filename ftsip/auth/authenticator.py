@@ -56,6 +56,7 @@ class AuthResult:
 
 
 _HEX = "0123456789abcdefABCDEF"
+_MARK = "\x00"      # stands for the nonce in a cached challenge (nonces are base64url: never a NUL)
 _NO_CREDENTIALS = AuthResult(False, None, False, "no-credentials")
 _UNKNOWN_REALM = AuthResult(False, None, False, "unknown-realm")
 
@@ -70,7 +71,8 @@ class Authenticator:
     when set, must come back unchanged.
     """
 
-    __slots__ = ("store", "nonces", "realm", "algorithms", "qop", "counter", "check_uri", "opaque", "_dummy")
+    __slots__ = ("store", "nonces", "realm", "algorithms", "qop", "counter", "check_uri", "opaque", "_dummy",
+                 "_templates")
 
     def __init__(self, user_store, nonce_factory, realm: str, algorithms=("SHA-256", "MD5"), qop: bool = True,
                  nonce_counter=None, check_uri: bool = False, opaque: str | None = None):
@@ -94,11 +96,19 @@ class Authenticator:
         seed = os.urandom(16).hex()
         # per-algorithm dummy HA1 for unknown users: same length, same work
         self._dummy = {alg: hash_hex(alg, seed) for alg in ("MD5", "SHA-256")}
+        self._templates = {}
 
     def challenge(self, now: float, stale: bool = False, realm: str | None = None) -> list[str]:
         """WWW-Authenticate / Proxy-Authenticate values with a fresh nonce (one per algorithm)."""
         realm = realm or self.realm
-        return challenge_headers(realm, self.nonces.make(now, realm), self.algorithms, self.qop, stale, self.opaque)
+        key = (realm, stale)
+        parts = dget(self._templates, key)
+        if parts is None:        # the values are fixed but for the nonce: format them once, fill the nonce in
+            parts = self._templates[key] = [
+                tuple(v.split(_MARK)) for v in
+                challenge_headers(realm, _MARK, self.algorithms, self.qop, stale, self.opaque)]
+        nonce = self.nonces.make(now, realm)
+        return [a + nonce + b for a, b in parts]
 
     def _pick(self, credentials_list, realm):
         """The Digest credentials for ``realm``; prefer ones whose algorithm we offer."""

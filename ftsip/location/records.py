@@ -5,6 +5,7 @@ lookups read a consistent snapshot without taking any lock.
 """
 
 from ftsip.dicts import get as dget
+from ftsip.sip.model import unescape
 
 
 class LocationStoreError(Exception):
@@ -98,7 +99,6 @@ class Record:
 def uri_key(uri):
     """A string equal for two SIP URIs that RFC 3261 §19.1.4 calls equal (the parameters that take part in the
     comparison when present on either side are included; unknown ones are ignored, which errs towards a match)."""
-    from ftsip.sip import unescape
     if not uri.is_sip:
         return uri.raw.lower()
     user = "" if uri.user is None else unescape(uri.user)

@@ -7,10 +7,12 @@ verbatim, the received datagram is never mutated (Kamailio's "lumps", done small
 """
 import hashlib
 
-from ftsip.sip import backend
+from ftsip.sip import backend as _backend
 from ftsip.sip.errors import SipParseError
 from ftsip.sip.model import Via
 from ftsip.dicts import get as dget
+
+_DEFAULT = _backend.DEFAULT
 
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
@@ -35,10 +37,7 @@ SERVER = "ftsip/0.1"
 
 def parse(data, backend_module=None, *, backend=None):
     """Parse one datagram. ``backend`` (or ``backend_module``) picks a twin: ``ftsip.sip.backend.PURE``/``FAST``."""
-    b = backend or backend_module
-    if b is None:
-        from ftsip.sip import backend as _b
-        b = _b.DEFAULT
+    b = backend or backend_module or _DEFAULT
     return b.parse_message(data)
 
 

@@ -304,6 +304,17 @@ LIST_HEADERS = frozenset((
 ))
 
 
+_EDIT = []
+
+
+def _edit_class():
+    """ftsip.sip.message.Edit (imported on first use: message.py imports this module)."""
+    if not _EDIT:
+        from ftsip.sip.message import Edit
+        _EDIT.append(Edit)
+    return _EDIT[0]
+
+
 # what the cached accessors compute, once per message: compute(msg, arg)
 def _max_forwards(msg, _):
     v = msg.get("max-forwards")
@@ -486,8 +497,7 @@ class Message:
         return self.get("user-agent")
 
     def edit(self):
-        from ftsip.sip.message import Edit
-        return Edit(self)
+        return _edit_class()(self)
 
 
 class Request(Message):
