@@ -149,8 +149,35 @@ def run_sockets(app, ctx, socks, keep_running, tick):
         stats.busy += perf() - t0
 
 
-def worker_main(cfg_dict, wid, seg, secret, host, port, queue, path=None, overrides=None):
+def start_persistence(cfg, location):
+    """A write-behind store for this process's changes to the segment, or None. Every process writes the same
+    SQLite file (WAL); each flush reads the AOR's current record from the segment (``source``), so the order in
+    which processes flush does not matter."""
+    if not cfg.persistence.path:
+        return None
+    from ftsip.location import persist
+    p = cfg.persistence
+    store = persist.WriteBehind(p.path, p.flush_interval, p.max_pending, source=location.record).start()
+    location.listeners.append(store)
+    return store
+
+
+def _die_with_parent(parent):
+    """Ask the kernel for SIGTERM when the supervisor dies (even by SIGKILL): an orphaned worker would go on
+    serving the shared port beside the next instance."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:      # it died before we asked
+        raise SystemExit(0)
+
+
+def worker_main(cfg_dict, wid, seg, secret, host, port, queue, path=None, overrides=None, parent=None):
     """Entry point of a worker process (spawned: it imports everything afresh)."""
+    if parent is not None:
+        _die_with_parent(parent)
     running = [True]
     cfg = config_mod.load(base=cfg_dict)
     oplog.setup(cfg.server.log_level, cfg.server.log_format)
@@ -180,12 +207,15 @@ def worker_main(cfg_dict, wid, seg, secret, host, port, queue, path=None, overri
     registry = Registry()
     ctx = ProcContext(wid, shared, private, registry.new_worker(wid), host, port, now, cfg.server.tick)
     app.attach(ctx, now)
+    store = start_persistence(cfg, app.location)
     from ftsip.ops import metrics
     snapshots = metrics.start_worker_snapshots(cfg, registry, wid, app, seg)   # None when metrics are off
     queue.put(("ready", wid, os.getpid()))
     run_sockets(app, ctx, (shared, private), lambda: running[0], cfg.server.tick)
     if snapshots is not None:
         snapshots.stop()
+    if store is not None:
+        store.stop()
     table.close()
 
 
@@ -206,7 +236,7 @@ class Supervisor:
     def spawn(self, wid):
         p = self.mp.Process(target=worker_main, name=f"ftsip-worker-{wid}",
                             args=(self.cfg_dict, wid, self.seg, self.secret, self.host, self.port, self.queue,
-                                  self.path, self.overrides))
+                                  self.path, self.overrides, os.getpid()))
         p.start()
         self.procs[wid] = p
         return p
@@ -247,8 +277,8 @@ class Supervisor:
             records, info = persist.load(cfg.persistence.path, time.time())
             for rec in records:
                 location.table.put(rec.aor, rec)
-            log.info("persistence: %d AORs restored into the segment (write-behind runs only in threads mode)",
-                     info["records"])
+            log.info("persistence: %d AORs restored into the segment from %s", info["records"],
+                     cfg.persistence.path)
         from ftsip.ops import metrics
         self.metrics = metrics.start_process_metrics(cfg, location, self.seg)   # before workers: see metrics.py
         for wid in range(n):
@@ -271,6 +301,7 @@ class Supervisor:
                  self.seg, cfg.location.hash_width, cfg.location.shm_slots, cfg.location.shm_slot_size)
         signals.on_reload = self._forward_hup
         st = location.local_state(time.time())
+        store = start_persistence(cfg, location)      # the collector's removals
         tick = max(cfg.server.tick, 0.01)
         from multiprocessing.connection import wait
         while not signals.stop.is_set():
@@ -288,6 +319,8 @@ class Supervisor:
                 else:
                     log.error("worker %d could not start: %s", wid, detail)
             location.tick(time.time(), st, 0)
+        if store is not None:
+            store.stop()
         return 0
 
     def _restart(self, wid):
