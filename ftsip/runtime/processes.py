@@ -33,7 +33,7 @@ from ftsip.config import split_hostport
 from ftsip.ops import log as oplog
 from ftsip.ops.stats import Registry
 from ftsip.runtime.sockets import udp_socket
-from ftsip.runtime.worker import Context
+from ftsip.runtime.worker import Context, numeric_host
 
 log = logging.getLogger("ftsip")
 
@@ -67,6 +67,9 @@ class ProcContext(Context):
         self._send_private = private.sendto
 
     def send(self, data, addr):
+        if not numeric_host(addr[0]):     # no DNS in workers (see worker.Context.send)
+            self.stats.inc("drops.unresolved_destination")
+            return
         try:
             if data[:4] == b"SIP/":
                 self._sendto(data, addr)

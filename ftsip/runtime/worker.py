@@ -1,5 +1,6 @@
 """The worker loop shared by the thread mode and the process mode, and the context it hands the sans-I/O core."""
 import logging
+import socket
 import time
 
 from ftsip.ops import log as oplog
@@ -25,11 +26,25 @@ worker (set by ``App.attach``)."""
         self._sendto = sock.sendto if sock is not None else None
 
     def send(self, data, addr):
+        if not numeric_host(addr[0]):     # sendto() would resolve a name: blocking DNS inside a worker
+            self.stats.inc("drops.unresolved_destination")
+            oplog.event(logging.INFO, "send-name", "not sending to %s: not an IP address (no DNS in workers)",
+                        addr[0])
+            return
         try:
             self._sendto(data, addr)
         except OSError as e:   # e.g. EPERM from a firewall, ENETUNREACH: count it, never kill the worker
             self.stats.inc("drops.send_error")
             oplog.event(logging.WARNING, "send-error", "send to %s failed: %s", addr, e)
+
+
+def numeric_host(host, _pton=socket.inet_pton, _v4=socket.AF_INET, _v6=socket.AF_INET6):
+    """True for an IPv4 or IPv6 literal (what sendto() takes without a DNS lookup)."""
+    try:
+        _pton(_v6 if ":" in host else _v4, host)
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def run(app, ctx, keep_running, tick=0.01):
