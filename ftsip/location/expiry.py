@@ -39,13 +39,18 @@ class ExpiryQueue:
         self.size += 1
 
     def backlog(self, now):
-        """How many entries are due at ``now``."""
-        n = 0
+        """How many entries are due at ``now``. Seconds that have passed with nothing filed are skipped for good
+        (the cursor moves on), so a tick costs the seconds since the last tick, not since the start."""
         limit = int(now)
-        for sec in range(self.cursor, limit + 1):
-            b = dget(self.buckets, sec)
-            if b:
-                n += len(b)
+        buckets = self.buckets
+        cursor = self.cursor
+        while cursor <= limit and cursor not in buckets:
+            cursor += 1
+        self.cursor = cursor
+        n = 0
+        for sec in range(cursor, limit + 1):
+            if sec in buckets:
+                n += len(buckets[sec])
         return n
 
     def pop_due(self, now, budget):

@@ -519,3 +519,16 @@ def test_lookups_on_a_tiny_flapping_table(twin):
     st = t.stats()
     assert lookups[0] > 1000 and st["splits"] > 1000 and st["merges"] > 1000
     assert not misses, f"{len(misses)} misses in {lookups[0]} lookups"
+
+
+def test_expiry_queue_ticks_cost_the_time_since_the_last_tick_not_since_start():
+    """A binding expiring far ahead must not make every tick walk all the seconds elapsed since start."""
+    from ftsip.location.expiry import ExpiryQueue
+    q = ExpiryQueue(1000.0)
+    q.push(1000.0 + 86400, "far@example.com")
+    for t in range(1001, 1000 + 7200):          # two hours of one-second ticks
+        assert q.backlog(float(t)) == 0
+    assert q.cursor == 1000 + 7200              # moved along with time (past the last second ticked)
+    q.push(9000.5, "soon@example.com")
+    assert q.backlog(9001.0) == 1 and q.pop_due(9001.0, 10) == ["soon@example.com"]
+    assert q.backlog(1000.0 + 86400) == 1
