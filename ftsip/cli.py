@@ -27,24 +27,19 @@ def _add_serve(sub):
     p.set_defaults(func=cmd_serve)
 
 
+# command-line option -> config key it overrides
+OVERRIDES = (("listen", "server", "listen"), ("threads", "server", "threads"), ("domain", "server", "domain"),
+             ("users", "auth", "users"), ("mode", "server", "mode"), ("workers", "server", "workers"),
+             ("log_level", "server", "log_level"), ("log_format", "server", "log_format"))
+
+
 def overrides_from_args(args):
+    """{(section, key): value} for the options given on the command line."""
     o = {}
-    if args.listen:
-        o[("server", "listen")] = args.listen
-    if args.threads is not None:
-        o[("server", "threads")] = args.threads
-    if args.domain:
-        o[("server", "domain")] = args.domain
-    if args.users:
-        o[("auth", "users")] = args.users
-    if args.mode:
-        o[("server", "mode")] = args.mode
-    if args.workers is not None:
-        o[("server", "workers")] = args.workers
-    if args.log_level:
-        o[("server", "log_level")] = args.log_level
-    if args.log_format:
-        o[("server", "log_format")] = args.log_format
+    for option, section, key in OVERRIDES:
+        value = getattr(args, option, None)
+        if value is not None and value != []:
+            o[(section, key)] = value
     return o
 
 

@@ -26,7 +26,7 @@ import threading
 
 from ftsip.dicts import get as dget
 from ftsip.proxy.responses import best, challenges
-from ftsip.sip import make_response, received_via, response_target, to_tag_for
+from ftsip.sip.message import hop_request, make_response, received_via, response_target, to_tag_for
 from ftsip.timers import TimerWheel
 from ftsip.transaction import (TERMINATED, InviteClientTransaction, InviteServerTransaction, MAGIC,
                                NonInviteClientTransaction, NonInviteServerTransaction, server_key)
@@ -569,12 +569,7 @@ class Proxy:
             return
         br.cancel_pending = False
         ruri, via, from_, call_id, cseq, routes = ct.ack_info
-        lines = [f"CANCEL {ruri} SIP/2.0", "Via: " + via, "Max-Forwards: 70", "From: " + from_,
-                 "To: " + call.req.get("to"), "Call-ID: " + call_id, f"CSeq: {cseq} CANCEL"]
-        for r in routes:
-            lines.append("Route: " + r)
-        lines.append("Content-Length: 0")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        data = hop_request("CANCEL", ruri, via, from_, call.req.get("to"), call_id, cseq, routes)
         cancel = NonInviteClientTransaction(data, ct.branch, "CANCEL", ct.dest, self.app.txns, self.app.timers,
                                             call, call.lock)
         call.own(cancel)

@@ -33,7 +33,7 @@ from ftsip.config import split_hostport
 from ftsip.ops import log as oplog
 from ftsip.ops.stats import Registry
 from ftsip.runtime.sockets import udp_socket
-from ftsip.runtime.worker import Context, numeric_host
+from ftsip.runtime.worker import Context, handle, numeric_host, run_tick, smoothed_lag
 
 log = logging.getLogger("ftsip")
 
@@ -85,7 +85,6 @@ def run_sockets(app, ctx, socks, keep_running, tick):
     ``worker.run``: one datagram in 16 is read with ``recvmsg`` for its kernel arrival time (SO_TIMESTAMPNS),
     lag = now - arrival, smoothed (EWMA 1/4); a poll that times out (every queue empty) sets it to 0."""
     import errno
-    import struct
     poller = select.poll()
     by_fd = {}
     sample_mask = 15
@@ -97,7 +96,6 @@ def run_sockets(app, ctx, socks, keep_running, tick):
             s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMPNS", 35), 1)
         except (OSError, AttributeError):
             sample_mask = -1       # no kernel timestamps: never sample
-    timespec = struct.Struct("@ll").unpack_from
     n = 0
     lag = 0.0
     on_datagram = app.on_datagram
@@ -132,23 +130,12 @@ def run_sockets(app, ctx, socks, keep_running, tick):
                 stats.datagrams += 1
                 now = clock()
                 if anc:
-                    sec, nsec = timespec(anc[0][2])
-                    lag += (min(max(now - sec - nsec * 1e-9, 0.0), 60.0) - lag) * 0.25
-                    ctx.lag = lag
-                try:
-                    on_datagram(data, addr, now, ctx)
-                except Exception as e:
-                    stats.inc("errors.core")
-                    oplog.event(logging.ERROR, "core-error", "error handling a datagram from %s: %r", addr, e,
-                                exc_info=True)
+                    ctx.lag = lag = smoothed_lag(lag, anc, now)
+                handle(on_datagram, data, addr, now, ctx)
         now = clock()
         if now >= next_tick:
             next_tick = now + tick
-            try:
-                app.on_tick(now, ctx)
-            except Exception as e:
-                stats.inc("errors.tick")
-                oplog.event(logging.ERROR, "tick-error", "error in timer tick: %r", e, exc_info=True)
+            run_tick(app.on_tick, now, ctx)
         stats.busy += perf() - t0
 
 

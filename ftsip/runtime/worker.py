@@ -1,6 +1,7 @@
 """The worker loop shared by the thread mode and the process mode, and the context it hands the sans-I/O core."""
 import logging
 import socket
+import struct
 import time
 
 from ftsip.ops import log as oplog
@@ -56,8 +57,6 @@ def run(app, ctx, keep_running, tick=0.01):
     same clock as ``time.time()``): sample = now - arrival, smoothed (EWMA, weight 1/4). Sampling keeps the cost
     near 0.1 us per datagram (``recvmsg`` on every datagram costs ~0.6 us more than ``recvfrom`` on 3.13t). A
     receive that times out means the queue is empty: the lag is 0 again."""
-    import socket
-    import struct
     sock = ctx.sock
     recv = sock.recvfrom
     recvmsg = sock.recvmsg
@@ -66,7 +65,6 @@ def run(app, ctx, keep_running, tick=0.01):
         sample_mask = 15           # sample when n & 15 == 0
     except (OSError, AttributeError):
         sample_mask = -1           # no kernel timestamps: never sample (n & -1 == n > 0)
-    timespec = struct.Struct("@ll").unpack_from
     n = 0
     lag = 0.0
     on_datagram = app.on_datagram
@@ -98,23 +96,39 @@ def run(app, ctx, keep_running, tick=0.01):
         t0 = perf()
         now = clock()
         if anc:
-            sec, nsec = timespec(anc[0][2])
-            delay = now - sec - nsec * 1e-9
-            lag += (min(max(delay, 0.0), 60.0) - lag) * 0.25
-            ctx.lag = lag
+            ctx.lag = lag = smoothed_lag(lag, anc, now)
         if data is not None:
             stats.datagrams += 1
-            try:
-                on_datagram(data, addr, now, ctx)
-            except Exception as e:
-                stats.inc("errors.core")
-                oplog.event(logging.ERROR, "core-error", "error handling a datagram from %s: %r", addr, e,
-                            exc_info=True)
+            handle(on_datagram, data, addr, now, ctx)
         if now >= next_tick:
             next_tick = now + tick
-            try:
-                on_tick(now, ctx)
-            except Exception as e:
-                stats.inc("errors.tick")
-                oplog.event(logging.ERROR, "tick-error", "error in timer tick: %r", e, exc_info=True)
+            run_tick(on_tick, now, ctx)
         stats.busy += perf() - t0
+
+
+def handle(on_datagram, data, addr, now, ctx):
+    """One datagram, isolated: an exception in the core is counted and logged (rate-limited), never raised."""
+    try:
+        on_datagram(data, addr, now, ctx)
+    except Exception as e:
+        ctx.stats.inc("errors.core")
+        oplog.event(logging.ERROR, "core-error", "error handling a datagram from %s: %r", addr, e, exc_info=True)
+
+
+def run_tick(on_tick, now, ctx):
+    """One timer tick, isolated like ``handle``."""
+    try:
+        on_tick(now, ctx)
+    except Exception as e:
+        ctx.stats.inc("errors.tick")
+        oplog.event(logging.ERROR, "tick-error", "error in timer tick: %r", e, exc_info=True)
+
+
+_TIMESPEC = struct.Struct("@ll").unpack_from
+
+
+def smoothed_lag(lag, anc, now):
+    """The queueing-delay estimate updated with one datagram's kernel arrival time (SO_TIMESTAMPNS ancillary data):
+    an EWMA of now - arrival, weight 1/4, kept within 0..60 s."""
+    sec, nsec = _TIMESPEC(anc[0][2])
+    return lag + (min(max(now - sec - nsec * 1e-9, 0.0), 60.0) - lag) * 0.25

@@ -139,6 +139,18 @@ def _to_tag(request):
         return None
 
 
+def hop_request(method, ruri, via, from_, to, call_id, cseq, routes):
+    """The bytes of an ACK for a non-2xx final response (RFC 3261 §17.1.1.3) or of a CANCEL (§9.1): the INVITE's
+    Request-URI, top Via, From, Call-ID, CSeq number and Route headers; To from the response (ACK) or the INVITE
+    (CANCEL); no body."""
+    lines = [f"{method} {ruri} SIP/2.0", "Via: " + via, "Max-Forwards: 70", "From: " + from_, "To: " + to,
+             "Call-ID: " + call_id, f"CSeq: {cseq} {method}"]
+    for r in routes:
+        lines.append("Route: " + r)
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 class Edit:
     """Deltas against a received message; ``to_bytes()`` builds the outgoing datagram.
 

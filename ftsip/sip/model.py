@@ -44,6 +44,14 @@ def _params_text(params):
     return "".join(";" + k if v == "" else ";" + k + "=" + v for k, v in params.items())
 
 
+def _param(name, doc=None):
+    """A read-only property: the header parameter ``name`` or None (not ``params.get``: see ftsip/dicts.py)."""
+    def get(self):
+        p = self.params
+        return p[name] if name in p else None
+    return property(get, doc=doc or f"The {name} parameter, or None.")
+
+
 class Uri:
     """A URI. For sip/sips every component is split out; other schemes keep only ``scheme`` and ``raw``.
 
@@ -131,31 +139,11 @@ class Via:
         self.params = params
         self.raw = raw
 
-    @property
-    def branch(self):
-        p = self.params
-        return p["branch"] if "branch" in p else None      # not .get(): see ftsip/dicts.py
-
-    @property
-    def received(self):
-        p = self.params
-        return p["received"] if "received" in p else None      # not .get(): see ftsip/dicts.py
-
-    @property
-    def rport(self):
-        """None when absent, '' when present without a value, else the value."""
-        p = self.params
-        return p["rport"] if "rport" in p else None      # not .get(): see ftsip/dicts.py
-
-    @property
-    def maddr(self):
-        p = self.params
-        return p["maddr"] if "maddr" in p else None      # not .get(): see ftsip/dicts.py
-
-    @property
-    def ttl(self):
-        p = self.params
-        return p["ttl"] if "ttl" in p else None      # not .get(): see ftsip/dicts.py
+    branch = _param("branch")
+    received = _param("received")
+    rport = _param("rport", "None when absent, '' when present without a value, else the value.")
+    maddr = _param("maddr")
+    ttl = _param("ttl")
 
     @property
     def sent_by(self):
@@ -203,10 +191,7 @@ class NameAddr:
     def star(self):
         return self.uri is None
 
-    @property
-    def tag(self):
-        p = self.params
-        return p["tag"] if "tag" in p else None      # not .get(): see ftsip/dicts.py
+    tag = _param("tag")
 
     @property
     def expires(self):

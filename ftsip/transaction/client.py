@@ -9,6 +9,7 @@ INVITE:      calling --1xx--> proceeding --2xx--> accepted --M--> terminated
                      --3xx-6xx--> completed (ACK sent; D) --> terminated;  calling --B--> timeout
 non-INVITE:  trying --1xx--> proceeding --final--> completed --K--> terminated;  trying/proceeding --F--> timeout
 """
+from ftsip.sip.message import hop_request
 from ftsip.transaction.base import (ACCEPTED, CALLING, COMPLETED, PROCEEDING, TERMINATED, TRYING, Transaction,
                                     client_key_for)
 
@@ -82,12 +83,7 @@ class InviteClientTransaction(ClientTransaction):
         """RFC 3261 §17.1.1.3: same Request-URI, Call-ID, From, CSeq number and top Via as the INVITE; To from
         the response (with its tag); the INVITE's Route headers."""
         ruri, via, from_, call_id, cseq, routes = self.ack_info
-        lines = [f"ACK {ruri} SIP/2.0", "Via: " + via, "Max-Forwards: 70", "From: " + from_,
-                 "To: " + resp.get("to"), "Call-ID: " + call_id, f"CSeq: {cseq} ACK"]
-        for r in routes:
-            lines.append("Route: " + r)
-        lines.append("Content-Length: 0")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return hop_request("ACK", ruri, via, from_, resp.get("to"), call_id, cseq, routes)
 
     def on_timer(self, kind, now, ctx):
         state = self.state
