@@ -178,7 +178,7 @@ def worker_main(cfg_dict, wid, seg, secret, host, port, queue, path=None, overri
     try:
         from ftsip.app import App
         from ftsip.location.shm import ShmTable
-        from ftsip.runtime.serve import load_users, reload_users
+        from ftsip.runtime.serve import load_users
         table = ShmTable.attach(seg)
         from ftsip.ops.guard import Guard
         app = App(cfg, users=load_users(cfg, quiet=wid != 0), location=shm_location(table, "none"),
