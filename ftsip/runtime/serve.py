@@ -39,11 +39,11 @@ def reload_users(store):
     """Re-read the user files if they changed (SIGHUP, and every USER_FILE_POLL seconds)."""
     if not hasattr(store, "reload_if_changed"):
         return
-    generation = store.generation
+    generation = getattr(store, "generation", None)      # SqliteUserLookup: nothing cached, nothing to swap
     problems = store.reload_if_changed()
     for p in problems:
         log.warning("user file: %s", p)
-    if store.generation != generation:
+    if generation is not None and store.generation != generation:
         log.info("user store: reloaded, %d users from %s", len(store), ", ".join(store.sources))
 
 

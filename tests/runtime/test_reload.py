@@ -54,3 +54,21 @@ def test_a_revoked_user_stops_working_without_a_restart(tmp_path):
         assert s.wait_for(r"user store: reloaded, 1 users", 10), s.log()
         assert register_contact(s.addr, "user0003", "pw0003", "example.com", "<sip:c@127.0.0.1:40021>") == 401
         assert register_contact(s.addr, "user0001", "pw0001", "example.com", "<sip:d@127.0.0.1:40022>") == 200
+
+
+def test_sqlite_query_store_serves_and_survives_the_user_file_poll(tmp_path):
+    """The paper's baseline store (a SQLite query per authentication) has nothing to reload: the periodic
+    user-file check and SIGHUP must leave it alone."""
+    from ftsip.auth import add_user
+    db = tmp_path / "users.db"
+    add_user(str(db), "user0001", "pw0001")
+    cfg = tmp_path / "q.toml"
+    cfg.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\ndomain = ["example.com"]\n'
+                   f'[auth]\nusers = ["{db}"]\nstore = "sqlite-query"\n')
+    with ServerProcess("--config", str(cfg)) as s:
+        assert register_contact(s.addr, "user0001", "pw0001", "example.com", "<sip:q@127.0.0.1:40030>") == 200
+        s.signal(signal.SIGHUP)
+        __import__("time").sleep(2.5)          # past one periodic user-file check
+        assert s.alive(), s.log()
+        add_user(str(db), "user0002", "pw0002")  # queried live: no reload needed
+        assert register_contact(s.addr, "user0002", "pw0002", "example.com", "<sip:q@127.0.0.1:40031>") == 200
