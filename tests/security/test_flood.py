@@ -64,21 +64,23 @@ def test_flood_is_shed_with_503_and_service_recovers(tmp_path, mode):
         assert shed > 1000, out[-4000:]                  # shed, and cheaply: many more 503s than 200s
         assert server.wait_for(r"overload: queueing delay [0-9.]+ s > 0\.2 s", 2)
 
-        # recovery: a REGISTER gets 200 again within a few seconds
+        # recovery: REGISTERs get 200 again within a few seconds - on every worker: each probe comes from a socket
+        # of its own, so the kernel's 4-tuple hash spreads them (in process mode one worker can still be draining
+        # its backlog after the other has recovered); 8 answers in a row from fresh sockets count as recovered
         t1 = time.monotonic()
-        status = None
-        while time.monotonic() - t1 < 8:
+        in_a_row = 0
+        while time.monotonic() - t1 < 8 and in_a_row < 8:
             try:
                 status = register_contact(server.addr, "user2950", "pw2950", DOMAIN,
                                           "<sip:user2950@127.0.0.1:45000>", 600, timeout=1.0)
             except OSError:          # socket.timeout: still draining
                 status = None
-            if status == 200:
-                break
-            time.sleep(0.2)
+            in_a_row = in_a_row + 1 if status == 200 else 0
+            if status != 200:
+                time.sleep(0.2)
         recovered = time.monotonic() - t1
         print(f"{mode}: recovered after {recovered:.2f} s")
-        assert status == 200 and recovered < 5
+        assert in_a_row == 8 and recovered < 5
 
         # and normal service: 300 REGISTER dialogs at 300/s, none shed or lost
         rc, out = sipp("register.xml", server.addr, "-r", "300", "-m", "300", "-t", "un", "-max_socket", "50",
