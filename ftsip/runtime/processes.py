@@ -18,7 +18,8 @@ the segment (a resumable scan, `gc_budget` AORs per tick), or the full sweep whe
 
 The supervisor restarts a worker that dies (and logs why), forwards SIGHUP, stops everything on SIGTERM/SIGINT and
 removes the segment on exit (also when a worker was SIGKILLed). Only a SIGKILL of the supervisor itself can leave
-the segment behind in /dev/shm (named ftsip-<supervisor pid>).
+the segment behind in /dev/shm (named ftsip-<supervisor pid>); the next supervisor to start removes every such
+segment whose supervisor is gone (and logs it), so they never pile up.
 """
 import logging
 import multiprocessing
@@ -42,6 +43,33 @@ RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0)
 
 def segment_name():
     return f"ftsip-{os.getpid()}"
+
+
+def reclaim_stale_segments():
+    """Remove /dev/shm/ftsip-<pid> segments left by a supervisor that was SIGKILLed (no process <pid> any more).
+    A segment whose pid is alive is left alone (another ftsip, or a reused pid: conservative). Returns the names."""
+    from ftsip.location.shm import SHM_DIR, unlink_segment
+    gone = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return gone
+    for name in names:
+        pid = name[6:] if name.startswith("ftsip-") else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                     # alive (or not ours to signal): keep
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if unlink_segment(name):
+            log.warning("removed the shared-memory segment %s left by a supervisor that was killed (pid %s)",
+                        name, pid)
+            gone.append(name)
+    return gone
 
 
 def create_segment(cfg, name):
@@ -241,6 +269,7 @@ class Supervisor:
         self.host, self.port = host, port
         n = cfg.server.workers or len(os.sched_getaffinity(0))
         self.cfg_dict = cfg.as_dict()
+        reclaim_stale_segments()
         try:
             self.table = create_segment(cfg, self.seg)
         except Exception as e:

@@ -1,4 +1,6 @@
 """Registrations survive restarts: thousands of SIPp users, a graceful stop or kill -9, a restart, every lookup."""
+import os
+import re
 import signal
 import time
 
@@ -48,12 +50,12 @@ def test_registrations_survive_a_restart(tmp_path, mode, how):
             first.proc.wait(10)
         else:
             time.sleep(0.2 + 0.5)          # flush_interval plus a margin: the bound we promise
-            pids = [int(p) for p in __import__("re").findall(r"worker \d+ ready \(pid (\d+)\)", first.log())]
+            pids = [int(p) for p in re.findall(r"worker \d+ ready \(pid (\d+)\)", first.log())]
             first.proc.kill()              # processes mode: the supervisor only; its workers must follow it
             first.proc.wait(10)
             deadline = time.monotonic() + 5
             while pids and time.monotonic() < deadline:
-                pids = [p for p in pids if __import__("os").path.exists(f"/proc/{p}")]
+                pids = [p for p in pids if os.path.exists(f"/proc/{p}")]
                 time.sleep(0.1)
             assert pids == [], "workers outlived their supervisor"
     finally:
@@ -61,4 +63,9 @@ def test_registrations_survive_a_restart(tmp_path, mode, how):
     cfg = config(tmp_path, mode, port)
     with ServerProcess("--config", str(cfg), timeout=60) as second:
         assert second.wait_for(rf"{N} AORs", 5), second.log()
+        if mode == "processes":         # the killed supervisor's segment is gone: the new one reclaimed it
+            stale = f"/dev/shm/ftsip-{first.proc.pid}"
+            assert not os.path.exists(stale), second.log()
+            if how == "sigkill":
+                assert f"removed the shared-memory segment ftsip-{first.proc.pid} left by" in second.log()
         all_there(second)
