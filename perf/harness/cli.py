@@ -5,7 +5,12 @@
     python -m perf.harness register --sut external --target 127.0.0.1:5070 --rates 1000
     python -m perf.harness users --users 10000 --out DIR
     python -m perf.harness plot perf/results/FILE.json
-    python -m perf.harness calls ...            (not implemented yet: waits for the proxy)
+    python -m perf.harness calls --systems ftsip:t2,kamailio:c2 --rates 100,200,300
+    python -m perf.harness capacity --systems ftsip:t1,ftsip:t2,kamailio:c2 --compression 60
+    python -m perf.harness matrix --system ftsip:t2 --start-users 2000 --max-users 50000
+    python -m perf.harness efficiency --register-load 2000 --call-load 300 --repeat 3
+    python -m perf.harness profile --system ftsip:t2 --load register:2000 --seconds 20
+(perf/README.md explains each experiment and how to read the results.)
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from . import report
 from .step import PASS_FAILED_PCT, run_series
 from .sut import ExternalSUT, FtsipSUT, KamailioSUT, SUTError
 from .users import Population, kamailio_htable_size, write_all, write_ftsip_csv, write_kamailio_db
-from .workloads import CallWorkload, RegisterWorkload
+from .workloads import RegisterWorkload
 
 
 def _list(conv):
@@ -87,10 +92,15 @@ def build_parser():
     p = sub.add_parser("register", help="REGISTER-with-auth step test")
     _common(p)
     p.add_argument("--expires", type=int, default=900, help="Expires asked by the users (default 900 = 15 min)")
+    p.add_argument("--systems", type=_list(str), default=None, action="extend",
+                   help="systems as specs instead of --sut/--threads/--python/--mode/--children: ftsip:t2, "
+                        "ftsip:p2, ftsip-gil:t1, kamailio:c2, external:HOST:PORT (see `calls --help`)")
+    p.add_argument("--overload-lag", type=float, default=None,
+                   help="ftsip [security] overload_lag for --systems (default: ftsip's own, 0.5 s)")
     p.set_defaults(func=cmd_register)
-    p = sub.add_parser("calls", help="authenticated call step test (not implemented yet)")
-    _common(p)
-    p.set_defaults(func=cmd_calls)
+    from . import experiments, profile
+    experiments.add_parsers(sub)
+    profile.add_parser(sub)
     p = sub.add_parser("users", help="write a user population: ftsip CSV, Kamailio db_text dir, SIPp injection")
     p.add_argument("--users", type=int, default=10000)
     p.add_argument("--domain", default="example.com")
@@ -171,16 +181,19 @@ class Live:
                 return "-" if v is None else f"{100 * v:.0f}%"
             sc, mc = p["server_cores"], p["machine_cores"]
             gens = [c for c in p["sipp_cores"] if c is not None]
-            others = None if sc is None or mc is None else max(0.0, mc - sc - sum(gens))
+            others = None if sc is None or mc is None else max(0.0, mc - sc - sum(gens) - (p.get("peer_cores") or 0))
             head = Table.grid(padding=(0, 2))
-            head.add_row(f"[bold]{p['sut']}[/bold]  offered [bold]{p['rate']:g}[/bold] {p['unit']}/s",
+            level = (f"offered [bold]{p['rate']:g}[/bold] {p['unit']}/s" if p.get("unit") != "user"
+                     else f"[bold]{p.get('level_text', p['rate'])}[/bold]")
+            head.add_row(f"[bold]{p['sut']}[/bold]  {level}",
                          f"{p['phase']} {p['elapsed']:.0f}/{p['total']:.0f}s",
                          ProgressBar(total=p["total"], completed=min(p["elapsed"], p["total"]), width=20))
             fail_style = "red" if p["failed"] else "green"
             body = (f"SIPp {p['call_rate']:.0f}/s  created {p['created']}  ok {p['successful']}  "
                     f"[{fail_style}]failed {p['failed']}[/{fail_style}]  retrans {p['retrans']}  "
-                    f"in flight {p['current']}\n"
-                    f"CPU: server {pct(sc)}  SIPp {', '.join(pct(c) for c in p['sipp_cores'])}  "
+                    f"in flight {p['current']}  offered {p.get('offered_rate', p['rate']):.0f} SIPp calls/s\n"
+                    f"CPU: server {pct(sc)}  SIPp {', '.join(pct(c) for c in p['sipp_cores'])}"
+                    f"{'  UAS ' + pct(p.get('peer_cores')) if p.get('peer_cores') else ''}  "
                     f"machine {pct(mc)} of {100 * self.ncpus}% (others {pct(others)})")
             parts.append(Panel(Group(head, body), title="step", border_style="cyan"))
         if self.results:
@@ -210,8 +223,9 @@ class Live:
         if self._live is not None:
             self._live.update(self._render())
         else:
-            self.console.print(f"{r.sut} {r.rate:g}/s: achieved {r.achieved_rate:.0f}/s, failed {r.failed} "
-                               f"({r.failed_pct:.3g}%), server {r.cpu_per_call_us} µs/{self.unit} -> {r.verdict}",
+            level = f"{r.rate:,.0f} users" if self.unit == "user" else f"{r.rate:g}/s"
+            self.console.print(f"{r.sut} {level}: achieved {r.achieved_rate:.0f}/s, failed {r.failed} "
+                               f"({r.failed_tx_pct:.3g}% of tx), server {r.cpu_per_tx_us} µs/tx -> {r.verdict}",
                                highlight=False)
 
     def event(self, msg):
@@ -238,8 +252,18 @@ def cmd_register(args, argv, workload=None):
     try:
         workload.prepare(workdir, pop, args.generators)
         try:
-            suts = make_suts(args, files)
-        except SUTError as e:
+            if args.systems:
+                from .systems import build_sut, parse_system, unique_labels
+                if any("sqlite" in x for x in args.systems):
+                    from .users import write_ftsip_sqlite
+                    files["sqlite"] = write_ftsip_sqlite(pop, os.path.join(workdir, "users.sqlite"))
+                suts = unique_labels([build_sut(parse_system(x), dict(files, sqlite=files.get("sqlite")), args.users,
+                                                domain=args.domain, qop=not args.no_qop, cpus=args.server_cpus,
+                                                overload_lag=args.overload_lag, hash_size=args.hash_size)
+                                      for x in args.systems])
+            else:
+                suts = make_suts(args, files)
+        except (SUTError, ValueError) as e:
             print(f"harness: {e}", file=sys.stderr)
             return 2
         fixed = args.fixed_rate if args.fixed_rate is not None else (2000.0 if 2000.0 in args.rates else None)
@@ -296,15 +320,6 @@ def _cpuset(s):
     return out
 
 
-def cmd_calls(args, argv):
-    try:
-        CallWorkload().prepare(None, None, args.generators)
-    except NotImplementedError as e:
-        print(f"harness: {e}", file=sys.stderr)
-        return 2
-    return 2
-
-
 def cmd_users(args, argv):
     pop = Population(args.users, domain=args.domain)
     files = write_all(pop, args.out, args.generators, args.expires)
@@ -317,11 +332,13 @@ def cmd_users(args, argv):
 
 
 def cmd_plot(args, argv):
-    png = report.plot(args.json)
-    if png is None:
-        print("harness: matplotlib is not installed", file=sys.stderr)
+    pngs = report.plot_any(args.json)
+    if not pngs:
+        print("harness: matplotlib is not installed (scripts/bootstrap --perf), or nothing to plot",
+              file=sys.stderr)
         return 2
-    print(png)
+    for p in pngs:
+        print(p)
     return 0
 
 

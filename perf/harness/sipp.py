@@ -74,6 +74,8 @@ class SippConfig:
     trace_rtt: bool = False
     cpus: str | None = None        # taskset -c LIST
     extra: list = field(default_factory=list)
+    kind: str = "call"             # what this generator offers (register, completed, voicemail, cancelled, ...)
+    tx_per_call: float = 1.0       # SIP transactions one of its calls makes (for per-transaction numbers)
     # Call-IDs unique to this run: SIPp matches answers to calls by Call-ID only, and its default "N-PID@ip"
     # repeats across runs (PIDs recycle), so a late answer meant for another test on this shared loopback could
     # otherwise abort one of our calls as "unexpected".
@@ -81,6 +83,8 @@ class SippConfig:
 
     def argv(self, stat_file, error_file, screen_file):
         limit = self.call_limit or max(1000, int(self.rate * 5))
+        if self.calls <= 0 or self.rate <= 0:
+            raise ValueError(f"generator {self.kind}: nothing to send (rate {self.rate}, calls {self.calls})")
         rate = f"{self.rate:g}"
         a = [sipp_binary(), f"{self.host}:{self.port}", "-sf", self.scenario,
              "-r", rate, "-rp", "1000", "-m", str(self.calls), "-l", str(limit),
@@ -366,3 +370,98 @@ class SippRun:
                         except ValueError:
                             pass
         return vals
+
+
+@dataclass
+class PeerConfig:
+    """A SIPp UAS (server mode) on a fixed port: a callee class or the voicemail server. ``pause_ms`` is ``-d``."""
+    scenario: str
+    port: int
+    kind: str = "peer"
+    local_ip: str = "127.0.0.1"
+    pause_ms: int | None = None
+    cpus: str | None = None
+    extra: list = field(default_factory=list)
+
+    def argv(self, stat_file, error_file, screen_file):
+        a = [sipp_binary(), "-sf", self.scenario, "-i", self.local_ip, "-p", str(self.port), "-t", "u1", "-nostdin",
+             "-trace_stat", "-fd", "1", "-stf", stat_file, "-trace_err", "-error_file", error_file,
+             "-trace_screen", "-screen_file", screen_file]
+        if self.pause_ms is not None:
+            a += ["-d", str(int(self.pause_ms))]
+        return taskset_prefix(self.cpus) + a + list(self.extra)
+
+
+class SippPeer(SippRun):
+    """A background SIPp UAS; same statistics as a generator (IncomingCall instead of OutgoingCall)."""
+
+    def __init__(self, cfg: PeerConfig, workdir: str, name: str):
+        super().__init__(cfg, workdir, name)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_out", None):
+            self._out.close()
+
+
+def peer_window(rows, t_start, t_end):
+    """(successful, failed, failures by kind) of a UAS between two instants (calls that ended in between)."""
+    if not rows:
+        return 0, 0, {}
+    a = min(rows, key=lambda r: abs(r.t - t_start))
+    b = min(rows, key=lambda r: abs(r.t - t_end))
+    fails = {k: b.c(k) - a.c(k) for k in FAIL_KINDS if b.c(k) - a.c(k)}
+    return (b.c("SuccessfulCall") - a.c("SuccessfulCall"), b.c("FailedCall") - a.c("FailedCall"), fails)
+
+
+# --- scenario variants: per-call random pauses (SIPp's <sample> action; needs a SIPp built with GSL) -------------
+
+_GSL_CHECKED = {}
+
+
+def sipp_has_gsl():
+    """True when this SIPp draws samples from non-uniform distributions (built with GSL, as Debian's 3.6.1 is)."""
+    path = sipp_binary()
+    if path not in _GSL_CHECKED:
+        try:
+            out = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=10).stdout
+            _GSL_CHECKED[path] = "libgsl" in out
+        except (OSError, subprocess.TimeoutExpired):
+            _GSL_CHECKED[path] = False
+    return _GSL_CHECKED[path]
+
+
+def sampled_pause_xml(var, distribution, cap_ms=None, **params):
+    """SIPp actions drawing ``var`` (ms) per call from a distribution, capped at ``cap_ms``, then pausing that long.
+    ``distribution``: 'lognormal' (mean/stdev of ln(ms)), 'exponential' (mean ms), 'uniform' (min/max ms)."""
+    attrs = " ".join(f'{k}="{v:.6g}"' if isinstance(v, float) else f'{k}="{v}"' for k, v in params.items())
+    out = [f'  <nop><action><sample assign_to="{var}" distribution="{distribution}" {attrs}/>']
+    if cap_ms is not None:
+        out[0] += f'<test assign_to="{var}_cap" variable="{var}" compare="greater_than" value="{int(cap_ms)}"/>'
+    out[0] += "</action></nop>"
+    if cap_ms is not None:
+        out.append(f'  <nop condexec="{var}_cap"><action><assign assign_to="{var}" value="{int(cap_ms)}"/>'
+                   "</action></nop>")
+    out.append(f'  <pause variable="{var}"/>')
+    return "\n".join(out)
+
+
+def scenario_variant(src, dst, pause_xml=None, replace=None):
+    """Copy a scenario from perf/scenarios, replacing its bare ``<pause/>`` (the -d pause) by ``pause_xml``."""
+    with open(src if os.path.isabs(src) else os.path.join(SCENARIOS, src)) as f:
+        text = f.read()
+    if pause_xml is not None:
+        if text.count("<pause/>") != 1:
+            raise ValueError(f"{src}: expected exactly one <pause/> to replace")
+        text = text.replace("<pause/>", pause_xml.strip(), 1)
+    for a, b in (replace or {}).items():
+        text = text.replace(a, b)
+    with open(dst, "w") as f:
+        f.write(text)
+    return dst

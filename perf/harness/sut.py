@@ -27,6 +27,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KAMAILIO_CFG = os.path.join(ROOT, "perf", "kamailio", "kamailio.cfg")
 
 
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def toml_text(settings):
+    """{"section": {"key": value}} -> TOML text (strings, numbers, booleans, lists)."""
+    out = []
+    for section, keys in settings.items():
+        out.append(f"[{section}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
+        out.append("")
+    return "\n".join(out)
+
+
 class SUTError(RuntimeError):
     """The system under test could not be started or died; the message says why and what to do."""
 
@@ -107,6 +127,10 @@ class SUT:
     def check_started(self):
         """Called once the server answers SIP; raise SUTError when it runs but not as asked."""
 
+    def environment(self):
+        """Extra environment variables for the server process."""
+        return {}
+
     def describe(self):
         return {"kind": self.kind, "label": self.label, "host": self.host, "port": self.port, "cpus": self.cpus,
                 "idle_cores": self.idle_cores}
@@ -119,7 +143,7 @@ class SUT:
     def start(self, timeout=30.0):
         self.workdir = tempfile.mkdtemp(prefix=f"harness-{self.kind}-")
         cmd = taskset_prefix(self.cpus) + self.command()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.environment())
         try:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
                                          start_new_session=True)
@@ -233,12 +257,20 @@ class FtsipSUT(SUT):
     kind = "ftsip"
 
     def __init__(self, users_csv, mode="threads", threads=1, python=".venv/bin/python", domain="example.com",
-                 extra_args=(), qop=True, config=None, label=None, **kw):
+                 extra_args=(), qop=True, config=None, label=None, settings=None, python_args=(), env=None,
+                 launcher=(), **kw):
         if mode not in ("threads", "processes"):
             raise ValueError("mode must be 'threads' or 'processes'")
         self.mode, self.threads, self.domain = mode, threads, domain
         self.python = python if os.path.isabs(python) else os.path.join(ROOT, python)
         self.users_csv, self.extra_args, self.qop, self.config = users_csv, list(extra_args), qop, config
+        # settings: {"section": {"key": value}} written into a generated ftsip.toml (location table, gc, auth
+        # store, [proxy] voicemail, [security] overload_lag, ...); python_args: e.g. ["-X", "perf"]; launcher: a
+        # command prefix (a profiler)
+        self.settings = {k: dict(v) for k, v in (settings or {}).items()}
+        if not qop:
+            self.settings.setdefault("auth", {})["qop"] = False
+        self.python_args, self.extra_env, self.launcher = list(python_args), dict(env or {}), list(launcher)
         if not os.path.exists(self.python):
             hint = " (create it with scripts/bootstrap --gil)" if "gil" in python else ""
             raise SUTError(f"no interpreter at {self.python}{hint}")
@@ -259,13 +291,14 @@ class FtsipSUT(SUT):
             return {"executable": self.python, "error": str(e)}
 
     def command(self):
-        cmd = [self.python, "-m", "ftsip.cli", "serve", "--listen", f"{self.host}:{self.port}",
-               "--domain", self.domain, "--users", os.path.abspath(self.users_csv)]
+        cmd = self.launcher + [self.python, *self.python_args, "-m", "ftsip.cli", "serve",
+                               "--listen", f"{self.host}:{self.port}",
+                               "--domain", self.domain, "--users", os.path.abspath(self.users_csv)]
         config = self.config
-        if not self.qop and config is None:
-            config = os.path.join(self.workdir, "ftsip-noqop.toml")
+        if config is None and self.settings:
+            config = os.path.join(self.workdir, "ftsip-harness.toml")
             with open(config, "w") as f:
-                f.write("[auth]\nqop = false\n")
+                f.write(toml_text(self.settings))
         if config:
             cmd += ["--config", config]
         if self.mode == "threads":
@@ -273,6 +306,9 @@ class FtsipSUT(SUT):
         else:
             cmd += ["--mode", "processes", "--workers", str(self.threads)]
         return cmd + self.extra_args
+
+    def environment(self):
+        return self.extra_env
 
     def check_started(self):
         if self.mode != "processes":
@@ -289,6 +325,7 @@ class FtsipSUT(SUT):
     def describe(self):
         d = super().describe()
         d.update(mode=self.mode, threads=self.threads, interpreter=self.interpreter, qop=self.qop,
+                 settings=self.settings, users_file=os.path.basename(self.users_csv),
                  command=getattr(self, "cmd", None))
         return d
 
@@ -299,7 +336,7 @@ class KamailioSUT(SUT):
     kind = "kamailio"
 
     def __init__(self, cred_dir, children=2, hash_size=12, htable_size=16, cfg=KAMAILIO_CFG, shm_mb=256,
-                 pkg_mb=16, qop=True, voicemail=None, domain="example.com", defines=(), binary="kamailio",
+                 pkg_mb=128, qop=True, voicemail=None, domain="example.com", defines=(), binary="kamailio",
                  label=None, **kw):
         self.cred_dir = os.path.abspath(cred_dir)
         self.children, self.hash_size, self.htable_size = children, hash_size, htable_size

@@ -66,20 +66,38 @@ def write_kamailio_db(pop: Population, directory: str) -> str:
     return directory
 
 
+def write_ftsip_sqlite(pop: Population, path: str) -> str:
+    """The same users as an SQLite database (ftsip's ``users`` table), for ``[auth] store = "sqlite-query"``."""
+    import sqlite3
+    if os.path.exists(path):
+        os.remove(path)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE users(username TEXT PRIMARY KEY, password TEXT, ha1_md5 TEXT, ha1_sha256 TEXT, "
+                     "voicemail TEXT, enabled INTEGER NOT NULL DEFAULT 1)")
+        conn.executemany("INSERT INTO users(username, password) VALUES (?, ?)", list(pop))
+        conn.commit()
+    finally:
+        conn.close()
+    return path
+
+
 def kamailio_htable_size(n: int) -> int:
     """htable size exponent (2^size slots) for n entries: about one entry per slot, within 10..20."""
     return max(10, min(20, (max(n, 1) - 1).bit_length()))
 
 
 def write_sipp_injection(pop: Population, path: str, indices=None, expires: int = 900,
-                         contact: str = "127.0.0.1:15999", order: str = "SEQUENTIAL") -> str:
-    """A SIPp injection file (``-inf``). ``contact`` is the host:port registered for every user."""
+                         contact: str = "127.0.0.1:15999", order: str = "SEQUENTIAL", contact_of=None) -> str:
+    """A SIPp injection file (``-inf``). ``contact`` is the host:port registered for every user, unless
+    ``contact_of(i)`` gives one per user (the call workloads: each user's callee UAS)."""
     idx = range(pop.size) if indices is None else indices
     with open(path, "w") as f:
         f.write(order + "\n")
         for i in idx:
             u, p = pop.username(i), pop.password(i)
-            f.write(f"{u};{pop.domain};[authentication username={u} password={p}];{expires};{contact}\n")
+            c = contact if contact_of is None else contact_of(i)
+            f.write(f"{u};{pop.domain};[authentication username={u} password={p}];{expires};{c}\n")
     return path
 
 
