@@ -149,8 +149,11 @@ class App:
         ctx.state = WorkerState(self.location.local_state(now))
 
     def on_tick(self, now, ctx):
+        """Timers and one bounded collector step. True when the collector is behind (tick again soon)."""
         ctx.wheel.advance(now)
-        self.location.tick(now, ctx.state.loc, ctx.wid)
+        st = ctx.state.loc
+        self.location.tick(now, st, ctx.wid)
+        return st.behind
 
     # ---- the datagram path
     def on_datagram(self, data, addr, now, ctx):

@@ -164,7 +164,7 @@ SCHEMA = {
         "gc": Key(str, "incremental", '"incremental" (budgeted) or "sweep" (full sweep, the paper\'s baseline)',
                   _one_of("incremental", "sweep")),
         "sweep_interval": Key(int, 60, "seconds between full sweeps (gc = \"sweep\")", _positive),
-        "gc_budget": Key(int, 200, "bindings examined per tick at least, > 0", _positive),
+        "gc_budget": Key(int, 32, "AORs examined per collector step (bounds the step: ~3.5 us each), > 0", _positive),
         "shm_slots": Key(int, 65536, "records the shared-memory segment holds (processes mode), > 0", _positive),
         "shm_slot_size": Key(int, 1024, "bytes per record slot in the segment (processes mode), >= 256",
                              lambda v: v >= 256),

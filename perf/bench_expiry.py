@@ -314,6 +314,7 @@ class WorkerRun:
         self.n = 0
 
     def run(self):
+        from ftsip.runtime import worker
         app, ctx, clock = self.app, self.ctx, self.clock
         on_datagram, on_tick = app.on_datagram, app.on_tick
         st = ctx.state.loc
@@ -359,16 +360,16 @@ class WorkerRun:
                 now = t                      # the worker ticks with the clock read before the datagram
             else:
                 nt = next_tick if next_tick > t else t
-                if nt < ev:                  # idle until the tick (SO_RCVTIMEO wakes the worker)
+                if nt < ev:                  # idle until the tick (SO_RCVTIMEO wakes the worker; 1 ms while behind)
                     clock.wait_until(nt)
                     now = clock.now()
                 else:
                     clock.wait_until(ev)
                     continue
             if now >= next_tick:
-                next_tick = now + self.tick
                 e0 = st.examined
                 w, c = clock.run(on_tick, now, ctx)
+                next_tick = worker.next_tick(now, self.tick, st.behind)   # the runtime's rule (1 ms while behind)
                 self.tick_at.append(now)
                 self.tick_wall.append(w)
                 self.tick_cpu.append(c)
@@ -683,7 +684,7 @@ def main(argv=None):
     ap.add_argument("--rate", type=float, default=1000.0, help="REGISTER exchanges per second per worker (Poisson)")
     ap.add_argument("--rtt", type=float, default=2e-4, help="seconds from a 401 to the credentialed REGISTER")
     ap.add_argument("--tick", type=float, default=0.01, help="[server] tick")
-    ap.add_argument("--gc-budget", type=int, default=200, help="[location] gc_budget")
+    ap.add_argument("--gc-budget", type=int, default=None, help="[location] gc_budget (default: the config's)")
     ap.add_argument("--threads", type=int, default=1, help="worker threads (1: virtual clock; >1: real time)")
     ap.add_argument("--meter", choices=("cpu", "wall"), default="cpu",
                     help="virtual clock: advance by CPU time (default; immune to other processes) or wall time")
@@ -699,6 +700,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.bindings, args.repeat, args.steady = min(args.bindings, 200_000), 1, 3.0
+    if args.gc_budget is None:
+        from ftsip import config
+        args.gc_budget = config.load().location.gc_budget
     if args.child:
         print(json.dumps(run_one(args)))
         return 0

@@ -4,14 +4,15 @@ Writers go through ``update`` (the table's atomic per-bucket ``compute``); reade
 record (records are immutable). Each worker owns a ``LocalState`` (its expiry queue and its counters, merged when
 read), so nothing here takes a global lock.
 """
-from ftsip.location.expiry import ExpiryQueue, step_budget
+from ftsip.location.expiry import ExpiryQueue
 from ftsip.location.table import make_table
 
 
 class LocalState:
     """Per-worker: the expiry queue and counters only this worker writes."""
 
-    __slots__ = ("queue", "bindings", "examined", "expired", "steps", "longest_step", "next_sweep", "scan")
+    __slots__ = ("queue", "bindings", "examined", "expired", "steps", "longest_step", "next_sweep", "scan",
+                 "behind")
 
     def __init__(self, now):
         self.queue = ExpiryQueue(now)
@@ -22,10 +23,11 @@ class LocalState:
         self.longest_step = 0
         self.next_sweep = 0.0
         self.scan = None         # the resumable scan of gc = "scan"
+        self.behind = False      # the last collector step stopped at its budget with more to do
 
 
 class LocationService:
-    def __init__(self, table=None, gc="incremental", gc_budget=200, sweep_interval=60):
+    def __init__(self, table=None, gc="incremental", gc_budget=32, sweep_interval=60):
         self.table = table if table is not None else make_table("linear")
         self.gc = gc
         self.gc_budget = gc_budget
@@ -112,24 +114,28 @@ class LocationService:
 
     # ---- expiry
     def collect(self, now, st):
-        """One bounded step of the incremental collector for this worker (call every tick). Returns AORs
+        """One bounded step of the incremental collector for this worker (call every tick): at most ``gc_budget``
+        due AORs. Sets ``st.behind`` when it stopped at the budget (the runtime then ticks sooner). Returns AORs
         examined."""
         q = st.queue
         if not q.size:
+            st.behind = False
             return 0
-        backlog = q.backlog(now)
-        if not backlog:
+        budget = self.gc_budget
+        keys = q.pop_due(now, budget)
+        n = len(keys)
+        st.behind = n >= budget
+        if not n:
             return 0
-        keys = q.pop_due(now, step_budget(backlog, self.gc_budget))
         get = self.table.get
         for aor in keys:
             self.purge(aor, now, st)
             rec = get(aor)
             if rec is not None:                 # refreshed meanwhile: come back at its next expiry
                 q.push(rec.next_expiry(), aor)
-        st.examined += len(keys)
+        st.examined += n
         st.steps += 1
-        return len(keys)
+        return n
 
     def sweep(self, now, st):
         """The paper's baseline: examine every AOR in the table at once. Returns bindings removed."""
@@ -142,21 +148,24 @@ class LocationService:
 
     def scan_collect(self, now, st):
         """The budgeted collector for tables the expiry queues cannot follow (the shared-memory segment of the
-        process mode, written by several processes): a scan of the table that resumes where the last tick stopped,
-        ``gc_budget`` AORs a tick, a new pass at most once a second."""
+        process mode, written by several processes): a scan of the table that resumes where the last step stopped,
+        ``gc_budget`` AORs a step (``st.behind`` while a pass is under way), a new pass at most once a second."""
         if st.scan is None:
             if now < st.next_sweep:
+                st.behind = False
                 return 0
             st.next_sweep = now + 1.0
             st.scan = iter(self.table.keys())     # lazy: buckets are read as the scan reaches them
         n = 0
+        budget = self.gc_budget
         for aor in st.scan:
             self.purge(aor, now, st)
             n += 1
-            if n >= self.gc_budget:
+            if n >= budget:
                 break
         else:
             st.scan = None
+        st.behind = st.scan is not None
         st.examined += n
         st.steps += 1
         return n
@@ -164,7 +173,8 @@ class LocationService:
     def tick(self, now, st, wid):
         """The runtime's periodic call: incremental collection ("incremental": expiry queues; "scan": a resumable
         scan), or a full sweep every ``sweep_interval`` seconds by worker 0 when the baseline is configured
-        ("sweep"); "none" leaves expiry to another process. Returns the work done."""
+        ("sweep"); "none" leaves expiry to another process. Returns the work done; ``st.behind`` says whether the
+        collector wants the next tick soon (``ftsip.runtime.worker.next_tick``)."""
         gc = self.gc
         if gc == "incremental":
             return self.collect(now, st)

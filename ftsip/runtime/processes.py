@@ -14,7 +14,7 @@ Record-Route carries the shared address, so in-dialog requests (ACK for 2xx, BYE
 new transactions. Transaction state never crosses processes; location state lives in the segment (per-bucket
 robust cross-process locks); the user store is loaded by every process; nonces are stateless (one secret, handed
 down by the supervisor), so any process verifies any nonce. Expiry: the supervisor runs the budgeted collector over
-the segment (a resumable scan, `gc_budget` AORs per tick), or the full sweep when `gc = "sweep"`.
+the segment (a resumable scan, `gc_budget` AORs a step, a step every millisecond while a pass is under way), or the full sweep when `gc = "sweep"`.
 
 The supervisor restarts a worker that dies (and logs why), forwards SIGHUP, stops everything on SIGTERM/SIGINT and
 removes the segment on exit (also when a worker was SIGKILLed). Only a SIGKILL of the supervisor itself can leave
@@ -34,7 +34,7 @@ from ftsip.config import split_hostport
 from ftsip.ops import log as oplog
 from ftsip.ops.stats import Registry
 from ftsip.runtime.sockets import udp_socket
-from ftsip.runtime.worker import Context, handle, numeric_host, run_tick, smoothed_lag
+from ftsip.runtime.worker import GC_TICK, Context, handle, next_tick, numeric_host, run_tick, smoothed_lag
 
 log = logging.getLogger("ftsip")
 
@@ -128,12 +128,13 @@ def run_sockets(app, ctx, socks, keep_running, tick):
     lag = 0.0
     on_datagram = app.on_datagram
     stats = ctx.stats
-    next_tick = 0.0
+    due = 0.0
+    wait_ms = int(tick * 1000) or 1
     clock = time.time
     perf = time.perf_counter
     while keep_running():
         try:
-            events = poller.poll(int(tick * 1000) or 1)
+            events = poller.poll(wait_ms)
         except InterruptedError:
             continue
         if not events and lag:
@@ -161,9 +162,10 @@ def run_sockets(app, ctx, socks, keep_running, tick):
                     ctx.lag = lag = smoothed_lag(lag, anc, now)
                 handle(on_datagram, data, addr, now, ctx)
         now = clock()
-        if now >= next_tick:
-            next_tick = now + tick
-            run_tick(app.on_tick, now, ctx)
+        if now >= due:
+            behind = run_tick(app.on_tick, now, ctx)
+            due = next_tick(now, tick, behind)
+            wait_ms = max(1, int((due - now) * 1000))
         stats.busy += perf() - t0
 
 
@@ -325,7 +327,7 @@ class Supervisor:
         from multiprocessing.connection import wait
         while not signals.stop.is_set():
             sentinels = {p.sentinel: wid for wid, p in self.procs.items()}
-            done = wait(list(sentinels), timeout=tick)
+            done = wait(list(sentinels), timeout=GC_TICK if st.behind else tick)
             for s in done:
                 self._restart(sentinels[s])
             while not self.queue.empty():          # restarted workers report in

@@ -7,6 +7,8 @@ import time
 from ftsip.ops import log as oplog
 from ftsip.timers import TimerWheel
 
+GC_TICK = 0.001     # the tick period while the location collector is behind: many small steps, not a long one
+
 
 class Context:
     """What the core may use from the worker that runs it: ``send(data, addr)`` on the worker's own socket, the
@@ -72,7 +74,8 @@ def run(app, ctx, keep_running, tick=0.01):
     clock = time.time
     perf = time.perf_counter
     stats = ctx.stats
-    next_tick = 0.0
+    due = 0.0
+    fast = False                   # ticking every GC_TICK (the collector is behind): the receive timeout follows
     while keep_running():
         n += 1
         anc = None
@@ -81,8 +84,8 @@ def run(app, ctx, keep_running, tick=0.01):
                 data, addr = recv(65535)
             else:
                 data, anc, _, addr = recvmsg(65535, 64)
-        except BlockingIOError:        # SO_RCVTIMEO expired: time to look at the timers; the queue is empty
-            data = None
+        except (BlockingIOError, TimeoutError):    # SO_RCVTIMEO (or the 1 ms timeout while behind) expired: time
+            data = None                            # to look at the timers; the queue is empty
             if lag:
                 ctx.lag = lag = 0.0
         except InterruptedError:
@@ -100,9 +103,12 @@ def run(app, ctx, keep_running, tick=0.01):
         if data is not None:
             stats.datagrams += 1
             handle(on_datagram, data, addr, now, ctx)
-        if now >= next_tick:
-            next_tick = now + tick
-            run_tick(on_tick, now, ctx)
+        if now >= due:
+            behind = run_tick(on_tick, now, ctx)
+            due = next_tick(now, tick, behind)
+            if behind is not fast and tick > GC_TICK:    # an idle worker keeps collecting every millisecond:
+                fast = behind                            # SO_RCVTIMEO counts in jiffies (4 ms here), so a
+                sock.settimeout(GC_TICK if fast else None)   # poll()-based timeout while behind, then blocking again
         stats.busy += perf() - t0
 
 
@@ -116,12 +122,19 @@ def handle(on_datagram, data, addr, now, ctx):
 
 
 def run_tick(on_tick, now, ctx):
-    """One timer tick, isolated like ``handle``."""
+    """One timer tick, isolated like ``handle``. True when the core wants the next tick soon (``next_tick``)."""
     try:
-        on_tick(now, ctx)
+        return on_tick(now, ctx) is True
     except Exception as e:
         ctx.stats.inc("errors.tick")
         oplog.event(logging.ERROR, "tick-error", "error in timer tick: %r", e, exc_info=True)
+        return False
+
+
+def next_tick(now, tick, behind):
+    """When the next tick is due: ``tick`` seconds on, or GC_TICK while the location collector is behind (its steps
+    stay small - ``[location] gc_budget`` AORs - and come often until the backlog is cleared)."""
+    return now + (GC_TICK if behind and tick > GC_TICK else tick)
 
 
 _TIMESPEC = struct.Struct("@ll").unpack_from

@@ -532,3 +532,28 @@ def test_expiry_queue_ticks_cost_the_time_since_the_last_tick_not_since_start():
     q.push(9000.5, "soon@example.com")
     assert q.backlog(9001.0) == 1 and q.pop_due(9001.0, 10) == ["soon@example.com"]
     assert q.backlog(1000.0 + 86400) == 1
+
+
+def test_a_storm_is_collected_in_small_steps_and_the_collector_says_when_it_is_behind():
+    """2,000 AORs expiring in the same second: no step examines more than gc_budget AORs, ``behind`` stays set until
+    the backlog is gone (the runtime then ticks every millisecond), and every binding is collected."""
+    from ftsip.location.records import Binding, Record
+    from ftsip.location.service import LocationService
+    from ftsip.runtime.worker import GC_TICK, next_tick
+    loc = LocationService(gc_budget=32)
+    st = loc.local_state(1000.0)
+    for i in range(2000):
+        aor = f"u{i}@example.com"
+        b = Binding(f"<sip:u{i}@192.0.2.1:{5060 + i}>", f"sip:u{i}@192.0.2.1:{5060 + i}", 1010.5, 1.0, f"c{i}", 1)
+        loc.update(aor, lambda old, b=b, aor=aor: Record(aor, (b,)), st)
+    assert loc.bindings() == 2000
+    now, steps = 1011.0, []
+    while True:
+        steps.append(loc.tick(now, st, 0))
+        if not st.behind:
+            break
+        assert next_tick(now, 0.01, st.behind) == now + GC_TICK
+        now += GC_TICK
+    assert max(steps) == 32 and sum(steps) == 2000 and len(steps) == 2000 // 32 + 1
+    assert loc.bindings() == 0 and loc.aors() == 0
+    assert next_tick(now, 0.01, st.behind) == now + 0.01      # caught up: back to the normal tick

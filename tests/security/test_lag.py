@@ -74,3 +74,41 @@ def test_lag_rises_under_a_backlog_and_falls_to_zero_when_idle(mode):
         running[0] = False
         t.join(2)
         sock.close()
+
+
+class BehindCore(SlowCore):
+    """A core whose collector is behind for its first ``n`` ticks."""
+
+    def __init__(self, n):
+        super().__init__(0.0)
+        self.n = n
+        self.ticks = []
+
+    def on_tick(self, now, ctx):
+        self.ticks.append(now)
+        return len(self.ticks) <= self.n
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_an_idle_worker_ticks_every_millisecond_while_the_collector_is_behind(mode):
+    """No datagrams at all: while ``on_tick`` says it is behind the loop ticks every GC_TICK (1 ms), then it goes
+    back to the configured tick (10 ms): so a storm is collected in small steps even on an idle server."""
+    sock, _ = udp_socket("127.0.0.1", 0, reuseport=False, recv_timeout=0.01)
+    core = BehindCore(100)
+    ctx = worker.Context(0, sock, Registry().new_worker(0), "127.0.0.1", sock.getsockname()[1], time.time())
+    running = [True]
+    if mode == "threads":
+        t = threading.Thread(target=worker.run, args=(core, ctx, lambda: running[0], 0.01))
+    else:
+        t = threading.Thread(target=processes.run_sockets, args=(core, ctx, [sock], lambda: running[0], 0.01))
+    t.start()
+    try:
+        assert wait_until(lambda: len(core.ticks) >= 130)
+    finally:
+        running[0] = False
+        t.join(2)
+        sock.close()
+    fast = [b - a for a, b in zip(core.ticks[1:100], core.ticks[2:101])]
+    slow = [b - a for a, b in zip(core.ticks[102:129], core.ticks[103:130])]
+    assert sorted(fast)[len(fast) // 2] < 0.004, fast        # median: about 1 ms
+    assert sorted(slow)[len(slow) // 2] > 0.008, slow        # median: about 10 ms
