@@ -54,11 +54,9 @@ import gc
 import heapq
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 
@@ -67,6 +65,8 @@ ROOT = os.path.dirname(HERE)
 for p in (ROOT, os.path.join(ROOT, "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+from perf import benchenv  # noqa: E402
 
 DOMAIN = "example.com"
 GOAL_STEP_MS = 2.0
@@ -100,40 +100,9 @@ def lat_summary(values):
 
 
 def environment():
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    try:
-        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", "ftsip"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        if rev and dirty:
-            rev += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        rev = "unknown"
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
     from ftsip.location.table import BACKEND
     from ftsip.sip import backend
-    return {
-        "python": sys.version.split()[0],
-        "version": sys.version,
-        "executable": sys.executable,
-        "free_threaded_build": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-        "gil_enabled": gil,
-        "git_revision": rev,
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "loadavg": os.getloadavg(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "table_backend": BACKEND,
-        "parser_twin": backend.NAME,
-    }
+    return benchenv.environment(table_backend=BACKEND, parser_twin=backend.NAME)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

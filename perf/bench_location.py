@@ -25,12 +25,10 @@ import datetime
 import gc
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 import tracemalloc
@@ -39,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from perf import benchenv  # noqa: E402
 
 
 def parse_size(text):
@@ -313,37 +313,6 @@ def run_memory(conts, keys, names, console):
 
 
 # -- report ------------------------------------------------------------------------------------------------------------
-def machine_info():
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"node": platform.node(), "machine": platform.machine(), "cpu": model, "cpus": os.cpu_count(),
-            "platform": platform.platform()}
-
-
-def git_revision():
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ftsip/location", "ftsip/_fast", "perf"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def interpreter_info():
-    gil = sys._is_gil_enabled() if hasattr(sys, "_is_gil_enabled") else True
-    return {"version": sys.version, "executable": sys.executable,
-            "free_threaded_build": bool(sysconfig.get_config_var("Py_GIL_DISABLED")), "gil_enabled": gil}
-
-
 def print_tables(console, res, sizes, threads):
     from rich.table import Table
     lk = res["lookups"]
@@ -449,7 +418,7 @@ def main(argv=None):
 
     linear_cls, fixed_cls, backend = load_backend(args.backend)
     conts = contenders(linear_cls, fixed_cls)
-    info = interpreter_info()
+    info = benchenv.interpreter()
     console.print(f"[bold]location table benchmark[/bold]: backend {backend}, {info['version'].split()[0]} "
                   f"{'free-threaded' if info['free_threaded_build'] else 'GIL build'} "
                   f"(GIL {'enabled' if info['gil_enabled'] else 'disabled'}), threads {threads}, "
@@ -457,7 +426,8 @@ def main(argv=None):
     keys = make_keys(max(sizes + [lat_size, mem_size]))
 
     res = {"benchmark": "location", "when": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-           "interpreter": info, "backend": backend, "git": git_revision(), "machine": machine_info(),
+           "interpreter": info, "backend": backend, "machine": benchenv.machine(),
+           "git": benchenv.git_revision(("ftsip/location", "ftsip/_fast", "perf")),
            "args": vars(args), "sizes": sizes, "threads": threads, "duration_s": duration,
            "timer_overhead_ns": timer_overhead(), "latency_size": lat_size}
     if "lookups" not in skip:

@@ -365,6 +365,7 @@ def main(argv=None):
     ap.add_argument("--skip", default="", help="comma-separated: register, calls, memory")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--no-json", action="store_true")
+    ap.add_argument("--json", metavar="PATH", help="the result file (default: --out/bench_modes-<date>.json)")
     ap.add_argument("--report", metavar="JSON", help="print the tables of an earlier result file, run nothing "
                     "(--fixed-rate/--fixed-call-rate may be changed)")
     args = ap.parse_args(argv)
@@ -418,7 +419,7 @@ def main(argv=None):
     if not args.no_json:
         os.makedirs(args.out, exist_ok=True)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = os.path.join(args.out, f"bench_modes-{stamp}.json")
+        path = args.json or os.path.join(args.out, f"bench_modes-{stamp}.json")
         with open(path, "w") as f:
             json.dump({"benchmark": "bench_modes", "environment": env, "interpreters": interps,
                        "settings": vars(args), "server_config": {"security": {"overload_lag": 0.0}},

@@ -23,11 +23,8 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import sysconfig
 import threading
 import time
 
@@ -36,6 +33,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from ftsip.sip import backend  # noqa: E402
+from perf import benchenv  # noqa: E402
 
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
@@ -184,39 +182,7 @@ def measure(fn, threads, seconds, rounds):
 
 
 def environment():
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    try:
-        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        if rev and dirty:
-            rev += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        rev = "unknown"
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "executable": sys.executable,
-        "free_threaded_build": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-        "gil_enabled": gil,
-        "git_revision": rev,
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "default_twin": backend.NAME,
-    }
+    return benchenv.environment(paths=(), default_twin=backend.NAME)
 
 
 def main(argv=None):

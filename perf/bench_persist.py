@@ -9,7 +9,6 @@ transaction, WAL) and how fast ``load`` reads.
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ftsip.location.persist import WriteBehind, load  # noqa: E402
 from ftsip.location.records import Binding, Record  # noqa: E402
 from ftsip.ops import jsonio  # noqa: E402
+from perf import benchenv  # noqa: E402
 
 
 def make_records(n, now, per=1):
@@ -67,14 +67,6 @@ class Noop:
         pass
 
 
-def git_rev():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-    except OSError:
-        return None
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--aors", type=int, default=100_000)
@@ -88,7 +80,7 @@ def main(argv=None):
     res = {
         "bench": "persist", "python": sys.version.split()[0], "implementation": platform.python_implementation(),
         "gil": getattr(sys, "_is_gil_enabled", lambda: True)(), "json": jsonio.BACKEND,
-        "machine": platform.machine(), "cpus": os.cpu_count(), "git": git_rev(), "aors": a.aors,
+        "machine": platform.machine(), "cpus": os.cpu_count(), "git": benchenv.git_revision(), "aors": a.aors,
         "bindings_per_aor": a.bindings,
     }
     with tempfile.TemporaryDirectory() as d:

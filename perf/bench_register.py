@@ -45,6 +45,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from perf import benchenv  # noqa: E402
 from perf.harness import step as hstep  # noqa: E402
 from perf.harness import sut as hsut  # noqa: E402
 from perf.harness import users as husers  # noqa: E402
@@ -58,23 +59,6 @@ REFRESH_INTERVAL_S = 600.0          # the paper's phones re-register every 10 mi
 # shared with bench_modes.py
 
 
-def toml_text(settings):
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        return json.dumps(str(v))
-    out = []
-    for section, keys in settings.items():
-        out.append(f"[{section}]")
-        out += [f"{k} = {val(v)}" for k, v in keys.items()]
-        out.append("")
-    return "\n".join(out)
-
-
 def server_config(path, users, mode="threads", extra=None):
     """An ftsip config for a benchmark server: no overload shedding, a process-mode segment big enough for the
     population. Returns (path, settings)."""
@@ -85,7 +69,7 @@ def server_config(path, users, mode="threads", extra=None):
     for section, keys in (extra or {}).items():
         settings.setdefault(section, {}).update(keys)
     with open(path, "w") as f:
-        f.write(toml_text(settings))
+        f.write(hsut.toml_text(settings))
     return path, settings
 
 
@@ -101,38 +85,20 @@ def interp_tag(python):
 
 
 def environment(python=None):
-    import platform
-    import subprocess
-    import sysconfig
-
-    def git(*a):
-        try:
-            return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-    rev = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ftsip")
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
+    """The driver's side of the run (the servers' interpreters are recorded per system by the harness)."""
     sipp = None
     try:
         from perf.harness.sipp import sipp_version
         sipp = sipp_version()
     except Exception:  # noqa: BLE001
         pass
-    return {
-        "git_revision": rev + ("+dirty" if dirty else ""),
-        "git_dirty_files": dirty.splitlines() if dirty else [],
-        "driver_python": sys.version.split()[0],
-        "driver_free_threaded": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-        "machine": platform.machine(), "cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
-        "loadavg": os.getloadavg(), "sipp": sipp,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    dirty = benchenv.git("status", "--porcelain", "--untracked-files=no", "--", "ftsip")
+    env = benchenv.machine()
+    env.update(git_revision=benchenv.git_revision(), git_dirty_files=dirty.splitlines() if dirty else [],
+               driver_python=sys.version.split()[0], driver_free_threaded=benchenv.interpreter()["free_threaded_build"],
+               loadavg=os.getloadavg(), sipp=sipp,
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return env
 
 
 def step_line(r):

@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ftsip.location import shm  # noqa: E402
+from perf import benchenv  # noqa: E402
 from ftsip.location import table as loctable  # noqa: E402
 from ftsip.location.records import Binding, Record  # noqa: E402
 
@@ -253,29 +254,8 @@ def run_memory(nkeys, slot_size, console):
 
 # -- report ------------------------------------------------------------------------------------------------------------
 def meta():
-    import platform
-    import subprocess
-    import sysconfig
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ftsip/location", "ftsip/_fast", "perf"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        rev += "-dirty" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
-        rev = "unknown"
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    gil = sys._is_gil_enabled() if hasattr(sys, "_is_gil_enabled") else True
-    return {"interpreter": {"version": sys.version, "executable": sys.executable, "gil_enabled": gil,
-                            "free_threaded_build": bool(sysconfig.get_config_var("Py_GIL_DISABLED"))},
-            "git": rev, "machine": {"node": platform.node(), "cpu": cpu, "cpus": os.cpu_count(),
-                                    "platform": platform.platform()},
-            "shm_backend_selected": shm.BACKEND, "table_backend": loctable.BACKEND}
+    return {"interpreter": benchenv.interpreter(), "machine": benchenv.machine(),
+            "git": benchenv.git_revision(("ftsip/location", "ftsip/_fast", "perf")), "shm_backend_selected": shm.BACKEND, "table_backend": loctable.BACKEND}
 
 
 def print_table(console, rows, procs):

@@ -8,6 +8,8 @@ import platform
 import socket
 import subprocess
 
+from perf import benchenv
+
 from . import procfs
 from .sipp import sipp_version
 from .sut import ROOT
@@ -27,15 +29,7 @@ def git_info():
 
 
 def machine_info():
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = benchenv.cpu_model() or None
     mem_kb = None
     try:
         with open("/proc/meminfo") as f:

@@ -16,7 +16,7 @@ import random
 import time
 
 from .callmix import REGISTER_EXPIRES_S, TX_PER_CALL, CallMix
-from .sipp import (SCENARIOS, PeerConfig, SippConfig, SippPeer, SippRun, peer_window, sampled_pause_xml,
+from .sipp import (SCENARIOS, PeerConfig, SippConfig, SippPeer, SippRun, sampled_pause_xml,
                    scenario_variant, sipp_has_gsl)
 from .sut import free_udp_port
 from .users import Population, write_sipp_injection
