@@ -425,9 +425,16 @@ def plot_capacity(doc, path, plt):
     if not res:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.8))
-    a1.barh([r["sut"] for r in res], [r.get("max_level") or 0 for r in res],
-            color=["#999999" if r.get("generator_bound") else "#4c72b0" for r in res])
-    a1.set_xlabel(f"largest conforming level ({res[0].get('unit')}); grey = generator/box-bound")
+    bars = a1.barh([r["sut"] for r in res], [r.get("max_level") or 0 for r in res],
+                   color=["#999999" if r.get("generator_bound") else "#4c72b0" for r in res])
+    for b, r in zip(bars, res):
+        lower = r.get("first_failing") is None          # no failing step within the search: a lower bound
+        if lower:
+            b.set_hatch("//")
+        a1.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {'≥' if lower else ''}{b.get_width():,.0f}",
+                va="center", fontsize=8)
+    a1.set_xlabel(f"largest conforming level ({res[0].get('unit')})\ngrey = generator/box-bound; "
+                  "hatched / ≥ = no failing step within the search (a lower bound)", fontsize=9)
     a1.set_title("capacity per system")
     fam = {}
     for r in res:
