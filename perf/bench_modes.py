@@ -331,10 +331,7 @@ def report(con, args, env, systems, steps, mem):
                   f"{d['shm_segment_bytes_per_binding']:.0f} B per binding at {d['slot_size_used']} B slots "
                   f"({d['shm_slot_bytes_filled_mean']:.0f} B of each slot filled; ftsip's default shm_slot_size is "
                   f"1024 B)")
-    gen = [s for s in steps if s["passed"] and (s["generator_bound"] or s["box_saturated"])]
-    if gen:
-        con.print(f"[yellow]{len(gen)} passing step(s) were generator-bound or box-saturated: the highest passing "
-                  "rate there may be SIPp's or the machine's limit.[/yellow]")
+    br.warn_flagged(con, steps)
     return summary
 
 

@@ -291,11 +291,16 @@ def report(con, args, env, steps, mem, interp):
                       f"{100 * (d['idle_cores_empty'] or 0):.1f}% -> {100 * (d['idle_cores_full'] or 0):.1f}%",
                       "-" if refresh is None else f"{100 * refresh:.1f}% of a core")
         con.print(m)
+    warn_flagged(con, steps)
+    return summary
+
+
+def warn_flagged(con, steps):
+    """Say when passing steps were generator-bound or box-saturated (shared with bench_modes.py)."""
     bad = [s for s in steps if s["passed"] and (s["generator_bound"] or s["box_saturated"])]
     if bad:
         con.print(f"[yellow]{len(bad)} passing step(s) were generator-bound or box-saturated: the highest passing "
                   "rate may be SIPp's or the machine's limit, not the server's.[/yellow]")
-    return summary
 
 
 def main(argv=None):

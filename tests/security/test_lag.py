@@ -45,18 +45,30 @@ def wait_until(cond, timeout=5.0):
     return True
 
 
-@pytest.mark.parametrize("mode", ["threads", "processes"])
-def test_lag_rises_under_a_backlog_and_falls_to_zero_when_idle(mode):
-    sock, _ = udp_socket("127.0.0.1", 0, reuseport=False, rcvbuf=4 << 20, recv_timeout=0.01)
-    dest = sock.getsockname()
-    core = SlowCore(0.0005)                   # 2,000 datagrams/s at most
-    ctx = worker.Context(0, sock, Registry().new_worker(0), "127.0.0.1", dest[1], time.time())
+def start_loop(mode, core, rcvbuf=0):
+    """Run ``core`` in the thread mode's loop or the process mode's on a fresh socket, in a thread.
+    Returns (socket, context, stop); ``stop()`` ends the loop and closes the socket."""
+    sock, _ = udp_socket("127.0.0.1", 0, reuseport=False, rcvbuf=rcvbuf, recv_timeout=0.01)
+    ctx = worker.Context(0, sock, Registry().new_worker(0), "127.0.0.1", sock.getsockname()[1], time.time())
     running = [True]
     if mode == "threads":
         t = threading.Thread(target=worker.run, args=(core, ctx, lambda: running[0], 0.01))
     else:
         t = threading.Thread(target=processes.run_sockets, args=(core, ctx, [sock], lambda: running[0], 0.01))
     t.start()
+
+    def stop():
+        running[0] = False
+        t.join(2)
+        sock.close()
+    return sock, ctx, stop
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_lag_rises_under_a_backlog_and_falls_to_zero_when_idle(mode):
+    core = SlowCore(0.0005)                   # 2,000 datagrams/s at most
+    sock, ctx, stop = start_loop(mode, core, rcvbuf=4 << 20)
+    dest = sock.getsockname()
     try:
         blast(dest, 10)                       # a trickle: no queue
         assert wait_until(lambda: core.handled == 10 and ctx.lag == 0.0)
@@ -71,9 +83,7 @@ def test_lag_rises_under_a_backlog_and_falls_to_zero_when_idle(mode):
         assert max(burst[:100]) < max(burst[-200:])
         assert wait_until(lambda: ctx.lag == 0.0)     # idle: receives time out, the queue is empty
     finally:
-        running[0] = False
-        t.join(2)
-        sock.close()
+        stop()
 
 
 class BehindCore(SlowCore):
@@ -93,21 +103,12 @@ class BehindCore(SlowCore):
 def test_an_idle_worker_ticks_every_millisecond_while_the_collector_is_behind(mode):
     """No datagrams at all: while ``on_tick`` says it is behind the loop ticks every GC_TICK (1 ms), then it goes
     back to the configured tick (10 ms): so a storm is collected in small steps even on an idle server."""
-    sock, _ = udp_socket("127.0.0.1", 0, reuseport=False, recv_timeout=0.01)
     core = BehindCore(100)
-    ctx = worker.Context(0, sock, Registry().new_worker(0), "127.0.0.1", sock.getsockname()[1], time.time())
-    running = [True]
-    if mode == "threads":
-        t = threading.Thread(target=worker.run, args=(core, ctx, lambda: running[0], 0.01))
-    else:
-        t = threading.Thread(target=processes.run_sockets, args=(core, ctx, [sock], lambda: running[0], 0.01))
-    t.start()
+    _, _, stop = start_loop(mode, core)
     try:
         assert wait_until(lambda: len(core.ticks) >= 130)
     finally:
-        running[0] = False
-        t.join(2)
-        sock.close()
+        stop()
     fast = [b - a for a, b in zip(core.ticks[1:100], core.ticks[2:101])]
     slow = [b - a for a, b in zip(core.ticks[102:129], core.ticks[103:130])]
     assert sorted(fast)[len(fast) // 2] < 0.004, fast        # median: about 1 ms
