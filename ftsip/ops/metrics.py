@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from ftsip.config import split_hostport
-from ftsip.ops import jsonio
+from ftsip.ops import jsonio, pygc
 
 log = logging.getLogger("ftsip")
 
@@ -177,6 +177,7 @@ def app_sources(app):
         "location": location_source(app.location),
         "transactions": lambda: {"active": len(app.txns), "created": app.txns.created},
         "locations": app.location,
+        "pygc": pygc.monitor().stats,
     }
     guard_stats = getattr(app.guard, "stats", None)
     if guard_stats is not None:
@@ -308,6 +309,19 @@ KNOWN_SOURCE_KEYS = {
                                                                           "authentications"),
         "auth_fail_users": ("ftsip_auth_fail_tracked_users", "gauge", "users with recent failed authentications"),
         "evicted": ("ftsip_guard_evicted_total", "counter", "guard entries evicted to bound its memory"),
+    },
+    "pygc": {
+        "collections": ("ftsip_pygc_collections_total", "counter", "collections of the interpreter's cyclic "
+                                                                   "garbage collector (each stops every worker)"),
+        "collected": ("ftsip_pygc_collected_total", "counter", "objects freed by the cyclic garbage collector"),
+        "uncollectable": ("ftsip_pygc_uncollectable_total", "counter", "unreachable objects the cyclic garbage "
+                                                                       "collector could not free"),
+        "pause_seconds_total": ("ftsip_pygc_pause_seconds_total", "counter", "time spent in cyclic garbage "
+                                                                            "collections"),
+        "pause_seconds_max": ("ftsip_pygc_pause_seconds_max", "gauge", "longest cyclic garbage collection so far"),
+        "slow_pauses": ("ftsip_pygc_slow_pauses_total", "counter", "cyclic garbage collections longer than "
+                                                                   "50 ms (each one is logged)"),
+        "pending": ("ftsip_pygc_pending_objects", "gauge", "net GC-tracked allocations since the last collection"),
     },
     "persistence": {
         "flushes": ("ftsip_persistence_flushes_total", "counter", "write-behind flushes to the registration store"),
@@ -681,7 +695,7 @@ def start_worker_snapshots(cfg, registry, wid, app, seg, interval=1.0):
     if _listen(cfg) is None:
         return None
     srcs = {"transactions": lambda: {"active": len(app.txns), "created": app.txns.created},
-            "location": app.location.stats}
+            "location": app.location.stats, "pygc": pygc.monitor().stats}
     guard_stats = getattr(app.guard, "stats", None)
     if guard_stats is not None:
         srcs["guard"] = guard_stats
@@ -704,7 +718,10 @@ def _add_leaves(into, d):
             _add_leaves(into.setdefault(k, {}), v)
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             cur = into.get(k)
-            into[k] = v if not isinstance(cur, (int, float)) else cur + v
+            if not isinstance(cur, (int, float)):
+                into[k] = v
+            else:
+                into[k] = max(cur, v) if k.endswith("_max") else cur + v
 
 
 class ProcessAggregate:
@@ -790,7 +807,7 @@ def process_sources(agg, location, baseline_bindings=0):
             return loc_stats()["bindings"]
 
     return {"location": loc_stats, "transactions": worker_sum("transactions"), "guard": worker_sum("guard"),
-            "locations": _Loc()}
+            "pygc": worker_sum("pygc"), "locations": _Loc()}
 
 
 def start_process_metrics(cfg, location, seg, extra_sources=None):

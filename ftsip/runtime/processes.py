@@ -228,7 +228,8 @@ def worker_main(cfg_dict, wid, seg, secret, host, port, queue, path=None, overri
     ctx = ProcContext(wid, shared, private, registry.new_worker(wid), host, port, now, cfg.server.tick)
     app.attach(ctx, now)
     store = start_persistence(cfg, app.location)
-    from ftsip.ops import metrics
+    from ftsip.ops import metrics, pygc
+    pygc.monitor()                       # GC pauses logged and counted in this process
     snapshots = metrics.start_worker_snapshots(cfg, registry, wid, app, seg)   # None when metrics are off
     queue.put(("ready", wid, os.getpid()))
     run_sockets(app, ctx, (shared, private), lambda: running[0], cfg.server.tick)

@@ -15,13 +15,14 @@ G, H, I, J, L = "G", "H", "I", "J", "L"
 
 
 class ServerTransaction(Transaction):
-    __slots__ = ("request", "addr", "last", "last_status", "top_via", "g_interval", "data")
+    __slots__ = ("addr", "last", "last_status", "top_via", "g_interval", "data")
 
     is_invite = False
 
-    def __init__(self, key, request, addr, table, timers, tu=None, lock=None, top_via=None):
+    def __init__(self, key, addr, table, timers, tu=None, lock=None, top_via=None):
+        # no reference to the parsed request: a transaction waits up to 64*T1 after its final response, and all
+        # it needs for that is the response's bytes and where they go (see Call.settle)
         Transaction.__init__(self, key, table, timers, tu, lock)
-        self.request = request
         self.addr = addr            # where responses go (RFC 3261 §18.2.2 / RFC 3581)
         self.top_via = top_via      # the request's top Via value with received/rport, for building responses
         self.last = None            # bytes of the last response sent

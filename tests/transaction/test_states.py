@@ -99,11 +99,11 @@ class Machine:
             self.txn = NonInviteClientTransaction(_raw("BYE"), BRANCH, "BYE", UAS, self.table, self.timers, self.tu)
         elif kind == "ist":
             self.req = request("INVITE")
-            self.txn = InviteServerTransaction(server_key(self.req), self.req, UAC, self.table, self.timers,
+            self.txn = InviteServerTransaction(server_key(self.req), UAC, self.table, self.timers,
                                                tu=self.tu)
         else:
             self.req = request("BYE", to_tag="tt1")
-            self.txn = NonInviteServerTransaction(server_key(self.req), self.req, UAC, self.table, self.timers,
+            self.txn = NonInviteServerTransaction(server_key(self.req), UAC, self.table, self.timers,
                                                   tu=self.tu)
         assert self.table.add(self.txn) is self.txn
         if kind in ("ict", "nict"):
@@ -604,9 +604,9 @@ def test_table_matches_and_removes_only_its_own_entry():
     table = TransactionTable()
     timers = TimerConfig()
     inv = request()
-    st = InviteServerTransaction(server_key(inv), inv, UAC, table, timers)
+    st = InviteServerTransaction(server_key(inv), UAC, table, timers)
     assert table.add(st) is st
-    twin = InviteServerTransaction(server_key(inv), inv, UAC, table, timers)
+    twin = InviteServerTransaction(server_key(inv), UAC, table, timers)
     assert table.add(twin) is st                   # the same request on two threads: the first one wins
     assert table.match_request(request("ACK", cseq_method="ACK", to_tag="x")) is st
     assert table.match_request(request("CANCEL")) is None
