@@ -48,16 +48,14 @@ class Target:
 class Branch:
     """Per client transaction data (``ct.user``)."""
 
-    __slots__ = ("target", "provisional", "final", "timer_c", "cancel_pending", "cancel", "voicemail")
+    __slots__ = ("provisional", "final", "timer_c", "cancel_pending", "cancel")
 
-    def __init__(self, target, voicemail=False):
-        self.target = target
+    def __init__(self):
         self.provisional = False
         self.final = 0
         self.timer_c = None
         self.cancel_pending = False
         self.cancel = None
-        self.voicemail = voicemail
 
 
 class Call:
@@ -393,7 +391,7 @@ class Proxy:
         if not call.pending():
             self.all_done(call, now, ctx)
 
-    def start_branch(self, call, target, now, ctx, voicemail=False):
+    def start_branch(self, call, target, now, ctx):
         app = self.app
         req = call.req
         method = req.method
@@ -431,7 +429,7 @@ class Proxy:
         else:
             ct = NonInviteClientTransaction(data, branch, method, dest, app.txns, app.timers, call, call.lock)
         call.own(ct)
-        ct.user = Branch(target, voicemail)
+        ct.user = Branch()
         ct.ack_info = ct.ack_info or (target.uri, via, req.get("from"), req.call_id, req.cseq.num, routes)
         app.txns.add(ct)
         call.branches.append(ct)
@@ -532,7 +530,7 @@ class Proxy:
         call.tried_voicemail = True
         call.cancelled = False
         ctx.stats.inc("proxy.voicemail")
-        ct = self.start_branch(call, Target(call.voicemail), now, ctx, voicemail=True)
+        ct = self.start_branch(call, Target(call.voicemail), now, ctx)
         return ct is not None
 
     def send_final(self, call, chosen, now, ctx):

@@ -57,7 +57,7 @@ def test_an_answered_call_waits_with_a_few_objects():
     assert call.final == 200
     assert sim.run_until(lambda: bob.incoming[0].acked, 2)
     sim.run(1)
-    n = check_settled(sim, 20)                     # IST + ICT (Accepted, Timers L and M) and their call
+    n = check_settled(sim, 16)                     # IST + ICT (Accepted, Timers L and M) and their call
     # a 2xx retransmission from the callee is still relayed upstream, with the caller's Via
     before = alice.seen.count("200 INVITE")
     bob._respond(bob.incoming[0], 200)
@@ -66,7 +66,7 @@ def test_an_answered_call_waits_with_a_few_objects():
     alice.bye(call)
     assert sim.run_until(lambda: call.bye_final is not None, 10) and call.bye_final == 200
     sim.run(0.5)
-    check_settled(sim, n + 20)                 # + NIST/NICT of the BYE
+    check_settled(sim, n + 16)                 # + NIST/NICT of the BYE
     sim.drain()
 
 
@@ -77,7 +77,7 @@ def test_a_failed_over_call_waits_without_the_busy_response():
     assert call.final == 200
     assert sim.run_until(lambda: vm.incoming and vm.incoming[0].acked, 2)
     sim.run(1)
-    check_settled(sim, 25)
+    check_settled(sim, 22)
     sim.drain()
 
 
@@ -88,7 +88,7 @@ def test_a_cancelled_call_waits_without_its_messages():
     alice.cancel(call)
     assert sim.run_until(lambda: call.final == 487 and call.cancel_final == 200, 5)
     sim.run(0.5)
-    check_settled(sim, 25)
+    check_settled(sim, 22)
     sim.drain()
 
 
