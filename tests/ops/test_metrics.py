@@ -312,6 +312,10 @@ def test_real_server_serves_metrics(tmp_path, mode):
         assert got == 1
         assert fams["ftsip_info"]["samples"] == {(("mode", mode),): 1}
         assert len(fams["ftsip_worker_busy_seconds_total"]["samples"]) == 2
+        # the interpreter's cyclic GC as the workers see it (every worker process's, summed / max)
+        assert fams["ftsip_pygc_collections_total"]["type"] == "counter"
+        assert fams["ftsip_pygc_pause_seconds_max"]["type"] == "gauge"
+        assert fams["ftsip_pygc_pause_seconds_total"]["samples"][()] >= 0
 
 
 def test_guard_and_persistence_sources_are_typed():
