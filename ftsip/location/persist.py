@@ -97,6 +97,23 @@ def _unusable(path, why):
         f"(e.g. mv {path} {path}.bad) to start with no registrations, or set [persistence] path to another file")
 
 
+def _when_unlocked(op, timeout):
+    """Run ``op``, again while SQLite says the database is locked, for up to ``timeout`` seconds. Switching to WAL
+    and creating the table need the write lock; when several processes open the file at once (process mode: the
+    supervisor and every worker at start, after a crash also WAL recovery) SQLite can answer SQLITE_BUSY at once,
+    without waiting through its busy timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            return op()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def open_db(path, timeout=5.0, create=True):
     """Open ``path`` in WAL mode, check (or create) the schema. Raises PersistError for a corrupt or foreign
     file."""
@@ -125,10 +142,10 @@ def open_db(path, timeout=5.0, create=True):
         elif tables:
             raise _unusable(path, f"it holds other tables ({', '.join(sorted(tables))}) and no table bindings")
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _when_unlocked(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone()[0], timeout)
             conn.execute("PRAGMA synchronous=NORMAL")
             if "bindings" not in tables and create:
-                conn.execute(_CREATE)
+                _when_unlocked(lambda: conn.execute(_CREATE), timeout)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.OperationalError as e:      # read-only, locked, no space: the file itself is fine
             raise PersistError(f"registration database {path}: cannot write to it: {e} (check the permissions of "

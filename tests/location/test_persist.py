@@ -388,3 +388,31 @@ def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path):
         start = timeline[-1][0] + 41
     print(f"\nSIGKILL: changes lost from at most {', '.join(f'{w * 1000:.0f} ms' for w in windows)} before the "
           f"kill (flush_interval {interval * 1000:.0f} ms, bound asserted {(interval + margin) * 1000:.0f} ms)")
+
+
+def test_opening_retries_while_the_database_is_locked():
+    """Several processes open the file at once (process mode's start): SQLite may answer "database is locked" at
+    once, without its busy timeout; opening retries until the timeout instead of failing the worker."""
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "wal"
+
+    assert persist._when_unlocked(flaky, 2.0) == "wal" and len(calls) == 3
+
+    def broken():
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        persist._when_unlocked(broken, 2.0)                 # not a lock: no retry
+
+    def locked():
+        raise sqlite3.OperationalError("database is locked")
+
+    t0 = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        persist._when_unlocked(locked, 0.3)
+    assert 0.1 < time.monotonic() - t0 < 1.0
