@@ -320,7 +320,8 @@ KNOWN_SOURCE_KEYS = {
                                                                             "collections"),
         "pause_seconds_max": ("ftsip_pygc_pause_seconds_max", "gauge", "longest cyclic garbage collection so far"),
         "slow_pauses": ("ftsip_pygc_slow_pauses_total", "counter", "cyclic garbage collections longer than "
-                                                                   "50 ms (each one is logged)"),
+                                                                   f"{pygc.SLOW_PAUSE * 1000:g} ms (each one is "
+                                                                   "logged)"),
         "pending": ("ftsip_pygc_pending_objects", "gauge", "net GC-tracked allocations since the last collection"),
     },
     "persistence": {

@@ -57,7 +57,9 @@ def serve(cfg, args=None):
         from ftsip.runtime.processes import serve_processes
         return serve_processes(cfg, args)
     from ftsip.cli import Signals
+    from ftsip.ops import pygc
     from ftsip.runtime.threads import ThreadServer
+    pygc.monitor()                                          # GC pauses logged and counted from the start
     signals = Signals()
     stats = Registry()
     try:
@@ -96,9 +98,7 @@ def serve(cfg, args=None):
         log.error("cannot listen on %s: %s (is another server using the port? change [server] listen or "
                   "--listen)", cfg.server.listen[0], e.strerror or e)
         return 1
-    from ftsip.ops import pygc
     from ftsip.ops.metrics import start_metrics
-    pygc.monitor()                                          # GC pauses logged and counted
     metrics_server = start_metrics(cfg, stats, app)         # None when [metrics] listen = ""
     next_poll = time.monotonic() + USER_FILE_POLL
     while not signals.stop.wait(0.5):

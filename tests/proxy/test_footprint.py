@@ -6,15 +6,11 @@ own, a call must keep no parsed message (request or response) and only a handful
 """
 import gc
 
-from ftsip.proxy.proxy import Call, Proxy
+from ftsip.proxy.proxy import Call
 from ftsip.sip.model import Message
 from ftsip.transaction.base import Transaction
 from proxy.harness import Sim
 from proxy.test_flows import ANSWER, RING, VM, VM_ADDR, place_call, setup
-
-# objects shared by every call: the walk stops there
-SHARED = (Proxy, Sim)
-
 
 def kept_by(txns):
     """The GC-tracked objects reachable from ``txns`` that belong to them (not shared with the rest of the App:
