@@ -57,7 +57,9 @@ def test_flood_is_shed_with_503_and_service_recovers(tmp_path, mode):
         flood_s = time.monotonic() - t0
         drops = (udp_rcvbuf_errors() or 0) - (drops0 or 0)
         shed, ok = received(out, 503), received(out, 200)
-        sent = int(re.search(r"^\s*REGISTER -+>\s+(\d+)", out, re.M).group(1))
+        m = re.search(r"^\s*REGISTER -+>\s+(\d+)", out, re.M)
+        assert m, f"SIPp (exit {rc}) printed no final statistics screen:\n{out[-4000:]}"
+        sent = int(m.group(1))
         print(f"{mode}: flood: {sent} REGISTER dialogs in {flood_s:.1f} s, {shed} answered 503, {ok} registered, "
               f"{drops} datagrams dropped by the kernel (RcvbufErrors, whole host)")
         assert server.alive()
